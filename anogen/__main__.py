@@ -1,0 +1,3 @@
+from anogen.cli.app import main
+
+main()

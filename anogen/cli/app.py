@@ -1,0 +1,100 @@
+"""The ``anogen`` command: wires one module per command and turns library errors into exit codes.
+
+Exit codes: 0 ok, 1 runtime error, 2 usage or bad input. A known failure prints one line (and a hint);
+``--debug`` or ``ANOGEN_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from anogen import __version__
+from anogen.cli import env as env_cmd
+from anogen.cli import presets as presets_cmd
+from anogen.cli._output import Output
+from anogen.errors import AnogenError
+
+
+def _debug_enabled(ctx: click.Context) -> bool:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    return bool(obj.get("debug")) or os.environ.get("ANOGEN_DEBUG", "") not in ("", "0")
+
+
+class AnogenGroup(TyperGroup):
+    """Catches library errors once, for every subcommand, so commands stay thin."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AnogenError as exc:
+            if _debug_enabled(ctx):
+                raise
+            Output().error(_escape(str(exc)), hint=_escape(exc.hint) if exc.hint else None)
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            Output().error("interrupted; finished files are kept and a rerun resumes")
+            raise click.exceptions.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become a message
+            if _debug_enabled(ctx):
+                raise
+            Output().error(
+                _escape(f"unexpected {type(exc).__name__}: {exc}"),
+                hint="rerun with --debug (or ANOGEN_DEBUG=1) for the traceback, and report it",
+            )
+            raise click.exceptions.Exit(1) from None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+app = typer.Typer(
+    name="anogen",
+    cls=AnogenGroup,
+    help="Few-shot anomaly image generation: learn each defect type from a few photos, "
+    "generate thousands of realistic anomalies with pixel-accurate masks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"anogen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    ctx.obj = {"debug": debug}
+
+
+app.command("env", help=env_cmd.__doc__, epilog=env_cmd.EPILOG)(env_cmd.env)
+app.add_typer(presets_cmd.app, name="presets")
+
+
+def main() -> None:
+    app(prog_name="anogen")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,51 @@
+"""Print versions, devices and cache directories: paste this into bug reports."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from rich.table import Table
+
+from anogen.cli._common import JsonOpt, epilog, make_output
+
+EPILOG = epilog("anogen env", "anogen env --json")
+PACKAGES = ("anogen", "torch", "diffusers", "transformers", "accelerate", "peft", "safetensors", "numpy", "pillow")
+
+
+def collect_env() -> dict[str, object]:
+    info: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            info[name] = version(name)
+        except PackageNotFoundError:
+            info[name] = None
+    import torch
+
+    info["cuda_available"] = torch.cuda.is_available()
+    info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    info["mps_available"] = bool(mps and mps.is_available())
+    info["cpu_threads"] = torch.get_num_threads()
+    from huggingface_hub import constants
+
+    info["hf_cache"] = str(constants.HF_HUB_CACHE)
+    info["hf_hub_offline"] = os.environ.get("HF_HUB_OFFLINE", "0")
+    info["anogen_cache"] = str(Path(os.environ.get("ANOGEN_CACHE", Path.home() / ".cache" / "anogen")))
+    from anogen.model.backbone import TOY_DIR
+
+    info["toy_backbone"] = str(TOY_DIR) if (TOY_DIR / "model_index.json").is_file() else None
+    return info
+
+
+def env(json_output: JsonOpt = False) -> None:
+    """Print versions, devices and cache directories: paste this into bug reports."""
+    out = make_output(json_mode=json_output)
+    info = collect_env()
+    out.emit_json(info)
+    table = Table(show_header=False, box=None)
+    for key, value in info.items():
+        table.add_row(key, "-" if value in (None, []) else str(value))
+    out.table(table)

@@ -1,0 +1,1 @@
+"""Dataset readers: every supported tree becomes one :class:`~anogen.data.model.Category`."""

@@ -1,0 +1,124 @@
+"""Atomic file writes, image reading/writing, hashing and safe names: the I/O every verb shares."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+SCHEMA_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds.
+
+    A reader (or a resumed run) therefore sees either the old file or the complete new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_png_atomic(path: str | Path, image: Image.Image | np.ndarray) -> None:
+    """Save a PNG atomically; arrays are uint8 HxW (grey) or HxWx3 (RGB)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    with atomic_open(path, "wb") as handle:
+        # A fixed compression level keeps the bytes identical across runs of the same command.
+        image.save(handle, format="PNG", compress_level=6)
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open any image the readers accept (grey, RGBA, 16-bit) as 8-bit RGB."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        # Transparent pixels become black, as a viewer on a dark canvas would show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as a boolean HxW array (> 0 is anomalous, whatever the stored values)."""
+    with Image.open(path) as img:
+        img.load()
+        arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] >= 3 else arr[..., 0]
+    return arr > 0
+
+
+def mask_to_png_array(mask: np.ndarray) -> np.ndarray:
+    """Boolean or 0/1 mask -> uint8 0/255, the only values a written mask may hold."""
+    return np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str, *, fallback: str = "unnamed") -> str:
+    """Turn a name taken from a user's folder into one path component that cannot escape its parent.
+
+    ``../x`` becomes ``x``, separators and control characters become ``_``, accents are folded to ASCII.
+    """
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    cleaned = _UNSAFE.sub("_", folded).strip("._-")
+    return cleaned or fallback
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``2.png`` before ``10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]

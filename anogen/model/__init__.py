@@ -1,0 +1,1 @@
+"""Model code: backbone loading, the dual attention processor and adapter I/O."""

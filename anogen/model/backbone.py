@@ -1,0 +1,422 @@
+"""Backbone loading: a hub id, a local diffusers folder, the random ``tiny`` model or the shipped ``toy`` one.
+
+Every backbone has the SD-1.x layout (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``)
+and the same classes. Nothing downstream may assume SD-1.5's numbers: latent channels, the autoencoder's
+downsampling factor and the native resolution are read from the loaded configs (see :class:`Backbone`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anogen.errors import BackboneError
+from anogen.io import sha256_file
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
+# Files of a hub snapshot that loading needs; .bin/.ckpt/.pt pickles are never fetched nor read.
+HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "tokenizer/*", "scheduler/*"]
+
+
+@dataclass
+class Backbone:
+    """A loaded base model and the numbers read from its configs.
+
+    Attributes:
+        unet, vae, text_encoder, tokenizer: the diffusers / transformers components (frozen).
+        scheduler_config: the training scheduler's config (a dict; schedulers are built per use).
+        source: what the user asked for (``tiny``, ``toy``, a folder or a hub id).
+        content_hash: sha256 over the weights, so adapters can refuse another backbone.
+    """
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict[str, Any]
+    source: str
+    content_hash: str
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """The native image size: the UNet's latent sample size times the autoencoder's factor."""
+        size = self.unet.config.sample_size
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * self.vae_scale_factor
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def make_scheduler(self, name: str | None = None) -> Any:
+        """A fresh scheduler from this backbone's config: the training DDPM one, or a sampler by name."""
+        return make_scheduler(self.scheduler_config, name)
+
+
+def make_scheduler(scheduler_config: dict[str, Any], name: str | None = None) -> Any:
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    classes = {
+        None: DDPMScheduler,
+        "ddpm": DDPMScheduler,
+        "ddim": DDIMScheduler,
+        "pndm": PNDMScheduler,
+        "euler": EulerDiscreteScheduler,
+        "dpmsolver++": DPMSolverMultistepScheduler,
+    }
+    if name not in classes:
+        raise BackboneError(f"unknown sampler {name!r} (choose from {', '.join(k for k in classes if k)})")
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    if name == "dpmsolver++":
+        config["algorithm_type"] = "dpmsolver++"
+    return classes[name].from_config(config)
+
+
+# ------------------------------------------------------------------------------------------------ tiny
+
+
+def tiny_configs(resolution: int = 32) -> dict[str, dict[str, Any]]:
+    """Configs of the random ``tiny`` backbone: SD-1.x classes, a 2x autoencoder, ~1M-parameter UNet."""
+    from anogen.model.tokenizer import vocab_size
+
+    vae_factor = 2
+    return {
+        "unet": dict(
+            sample_size=resolution // vae_factor,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        ),
+        "vae": dict(
+            sample_size=resolution,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(16, 32),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            layers_per_block=1,
+            norm_num_groups=8,
+            scaling_factor=1.0,
+        ),
+        "text_encoder": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=vocab_size(),
+            max_position_embeddings=32,
+            bos_token_id=vocab_size() - 2,
+            eos_token_id=vocab_size() - 1,
+            pad_token_id=vocab_size() - 1,
+        ),
+        "scheduler": dict(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            skip_prk_steps=True,
+            prediction_type="epsilon",
+        ),
+    }
+
+
+def build_tiny(seed: int = 0, resolution: int = 32) -> Backbone:
+    """The random test backbone, built from configs offline; the same seed gives the same weights."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from anogen.model.tokenizer import build_char_tokenizer
+
+    configs = tiny_configs(resolution)
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**configs["vae"])
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    tokenizer = build_char_tokenizer(tempfile.mkdtemp(prefix="anogen-tok-"))
+    backbone = Backbone(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=configs["scheduler"],
+        source="tiny",
+        content_hash="",
+    )
+    _freeze(backbone)
+    backbone.content_hash = module_hash(backbone)
+    return backbone
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_backbone(
+    spec: str = "toy",
+    *,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Backbone:
+    """Load a backbone by name, folder or hub id.
+
+    Args:
+        spec (`str`): ``tiny``, ``toy``, a local diffusers folder, or a hub id (``org/name``).
+        cache_dir (`str`, *optional*): hub cache; ``HF_HUB_OFFLINE=1`` makes a missing snapshot an error
+            instead of a download.
+        revision (`str`, *optional*): hub revision.
+        seed (`int`, defaults to 0): seed of ``tiny``.
+        device, dtype: where to put the weights.
+    """
+    if spec == "tiny":
+        backbone = build_tiny(seed)
+    elif spec == "toy":
+        if not (TOY_DIR / "model_index.json").is_file():
+            raise BackboneError(
+                f"the toy backbone is missing from this installation ({TOY_DIR})",
+                hint="reinstall anogen, or retrain it with `python -m anogen.toy.pretrain` (see docs/toy.md)",
+            )
+        backbone = load_folder(TOY_DIR, source="toy")
+    elif Path(spec).expanduser().exists():
+        backbone = load_folder(Path(spec).expanduser(), source=str(spec))
+    elif _looks_like_hub_id(spec):
+        folder = _snapshot(spec, cache_dir=cache_dir, revision=revision)
+        backbone = load_folder(folder, source=spec)
+    else:
+        raise BackboneError(
+            f"backbone {spec!r} is neither tiny, toy, an existing folder nor a hub id (org/name)"
+        )
+    if device is not None or dtype is not None:
+        backbone.to(device=device, dtype=dtype)
+    return backbone
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _snapshot(repo_id: str, *, cache_dir: str | None, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=HUB_PATTERNS,
+            local_files_only=offline,
+        )
+    except LocalEntryNotFoundError as exc:
+        raise BackboneError(
+            f"backbone {repo_id!r} is not in the local cache and the hub cannot be reached",
+            hint="download it once where the network is open (huggingface-cli download "
+            f"{repo_id}) and set HF_HUB_OFFLINE=1, or pass --backbone /path/to/local/folder",
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise BackboneError(f"no model {repo_id!r} on the hub (or it is private)") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise BackboneError(
+            f"cannot fetch backbone {repo_id!r}: {exc}",
+            hint="work offline with a local diffusers folder: --backbone /path/to/folder",
+        ) from exc
+    return Path(path)
+
+
+def _check_folder(folder: Path) -> None:
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise BackboneError(
+            f"{folder} is not an SD-1.x diffusers folder: missing {', '.join(missing)}",
+            hint="a backbone folder needs unet/, vae/, text_encoder/, tokenizer/ and scheduler/",
+        )
+    for component in WEIGHT_COMPONENTS:
+        if not list((folder / component).glob("*.safetensors")):
+            raise BackboneError(
+                f"{folder / component} holds no .safetensors weights (pickled .bin/.ckpt files are never loaded)",
+                hint="convert the weights to safetensors first",
+            )
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    if unet_config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
+        raise BackboneError(
+            f"{folder}: unet is a {unet_config.get('_class_name')}, anogen needs a UNet2DConditionModel (SD-1.x)"
+        )
+    te_config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    if unet_config.get("cross_attention_dim") != te_config.get("hidden_size"):
+        raise BackboneError(
+            f"{folder}: the UNet's cross_attention_dim ({unet_config.get('cross_attention_dim')}) differs from the "
+            f"text encoder's hidden_size ({te_config.get('hidden_size')}); this is not an SD-1.x layout"
+        )
+
+
+def load_folder(folder: Path, *, source: str) -> Backbone:
+    """Load a diffusers folder with the SD-1.x layout, weights from ``.safetensors`` only."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    _check_folder(folder)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise BackboneError(f"cannot load backbone from {folder}: {exc}") from exc
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    backbone = Backbone(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler_config,
+        source=source,
+        content_hash=folder_hash(folder),
+    )
+    _freeze(backbone)
+    return backbone
+
+
+def save_backbone(backbone: Backbone, folder: str | Path, *, fp16: bool = False) -> Path:
+    """Write a backbone as an ordinary diffusers folder (loadable by ``StableDiffusionPipeline`` too)."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    variant_dtype = torch.float16 if fp16 else None
+    for name in WEIGHT_COMPONENTS:
+        module = getattr(backbone, name)
+        original = next(module.parameters()).dtype
+        if variant_dtype is not None:
+            module.to(variant_dtype)
+        try:
+            module.save_pretrained(folder / name, safe_serialization=True)
+        finally:
+            module.to(original)
+    backbone.tokenizer.save_pretrained(folder / "tokenizer")
+    scheduler = make_scheduler(backbone.scheduler_config, "pndm")
+    scheduler.save_pretrained(folder / "scheduler")
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    return folder
+
+
+def _freeze(backbone: Backbone) -> None:
+    for module in (backbone.unet, backbone.vae, backbone.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+
+
+def module_hash(backbone: Backbone) -> str:
+    """sha256 over every weight tensor of the three networks, in name order (for in-memory backbones)."""
+    digest = hashlib.sha256()
+    for name in WEIGHT_COMPONENTS:
+        state = getattr(backbone, name).state_dict()
+        for key in sorted(state):
+            digest.update(f"{name}.{key}".encode())
+            digest.update(state[key].detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over the weight and config files of a backbone folder (paths and contents)."""
+    digest = hashlib.sha256()
+    for component in COMPONENTS:
+        for path in sorted((folder / component).glob("*")):
+            if path.suffix in (".safetensors", ".json", ".txt"):
+                digest.update(f"{component}/{path.name}".encode())
+                digest.update(_cached_file_hash(path).encode())
+    return digest.hexdigest()
+
+
+def _cached_file_hash(path: Path) -> str:
+    """Hash a file once per (path, size, mtime): SD-1.5's weights take seconds to hash."""
+    stat = path.stat()
+    cache_root = Path(os.environ.get("ANOGEN_CACHE", Path.home() / ".cache" / "anogen"))
+    cache_file = cache_root / "file-hashes.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    value = sha256_file(path)
+    if stat.st_size > (16 << 20):
+        cache[key] = value
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+            from anogen.io import write_json_atomic
+
+            write_json_atomic(cache_file, cache)
+        except OSError:
+            logger.debug("cannot write the hash cache %s", cache_file)
+    return value
