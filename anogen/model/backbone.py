@@ -319,7 +319,7 @@ def load_folder(folder: Path, *, source: str) -> Backbone:
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True)
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load backbone from {folder}: {exc}") from exc
     scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     backbone = Backbone(
