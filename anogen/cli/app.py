@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -21,7 +20,7 @@ from anogen.cli._output import Output
 from anogen.errors import AnogenError
 
 
-def _debug_enabled(ctx: click.Context) -> bool:
+def _debug_enabled(ctx: typer.Context) -> bool:
     obj = ctx.obj if isinstance(ctx.obj, dict) else {}
     return bool(obj.get("debug")) or os.environ.get("ANOGEN_DEBUG", "") not in ("", "0")
 
@@ -29,18 +28,18 @@ def _debug_enabled(ctx: click.Context) -> bool:
 class AnogenGroup(TyperGroup):
     """Catches library errors once, for every subcommand, so commands stay thin."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AnogenError as exc:
             if _debug_enabled(ctx):
                 raise
             Output().error(_escape(str(exc)), hint=_escape(exc.hint) if exc.hint else None)
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             Output().error("interrupted; finished files are kept and a rerun resumes")
-            raise click.exceptions.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.TyperException, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become a message
             if _debug_enabled(ctx):
@@ -49,7 +48,7 @@ class AnogenGroup(TyperGroup):
                 _escape(f"unexpected {type(exc).__name__}: {exc}"),
                 hint="rerun with --debug (or ANOGEN_DEBUG=1) for the traceback, and report it",
             )
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
 
 
 def _escape(text: str) -> str:
