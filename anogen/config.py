@@ -154,6 +154,10 @@ class MaskConfig:
         close_radius (`int`, defaults to 1): morphological closing radius (joins fragments).
         min_area (`int`, defaults to 16): connected components smaller than this many pixels are dropped.
         max_area_fraction (`float`, defaults to 0.5): masks covering more of the image are rejected.
+        on_object_only (`bool`, defaults to False): reject masks that lie mostly off the object (needs object
+            masks from ``anogen prior``).
+        min_on_object (`float`, defaults to 0.5): with ``on_object_only``, the least fraction of a mask's pixels
+            that must lie on the object.
     """
 
     threshold: float | Literal["otsu"] = 0.12
@@ -162,6 +166,8 @@ class MaskConfig:
     close_radius: int = 1
     min_area: int = 16
     max_area_fraction: float = 0.5
+    on_object_only: bool = False
+    min_on_object: float = 0.5
 
 
 SECTIONS: dict[str, type] = {
