@@ -1,0 +1,227 @@
+"""Reading and writing synth outputs: ``run.json`` and ``manifest.jsonl`` (one row per attempt). No torch here.
+
+A synth defect folder ``OUT/<category>/<defect>/`` holds ``image/``, ``part/``, ``mask/`` (``NNNNNN.png`` named by
+attempt id), ``run.json`` and ``manifest.jsonl``. While a run is going, rows are appended (and fsync'ed) to
+``manifest.jsonl`` by a single process, or to ``manifest.rank<r>.jsonl`` by rank ``r`` of several; at the end the
+rows are merged, sorted by id, into ``manifest.jsonl`` (rewritten atomically) and the shards removed.
+
+A row is written only after its three PNGs exist, so a reader trusts rows, never bare files. A killed run can leave a
+torn last line; :func:`read_rows` ignores it and ``repair=True`` truncates it away before appending again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from anogen.errors import InputError
+from anogen.io import SCHEMA_VERSION, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+RUN_JSON = "run.json"
+ADAPTER_JSON = "adapter.json"
+SHARD_GLOB = "manifest.rank*.jsonl"
+SUBDIRS = ("image", "part", "mask")
+ID_WIDTH = 6
+
+
+def shard_name(rank: int) -> str:
+    """The manifest shard rank ``rank`` appends to when several processes share a run."""
+    return f"manifest.rank{rank}.jsonl"
+
+
+def sample_name(sample_id: int) -> str:
+    """``12 -> "000012"``: fixed width, so sorted file names are in id order."""
+    return f"{sample_id:0{ID_WIDTH}d}"
+
+
+def make_row(
+    sample_id: int,
+    *,
+    seed: int,
+    category: str,
+    defect: str,
+    accepted: bool,
+    reason: str | None,
+    mask_area: float,
+    adapter_sha256: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One manifest row (see docs/architecture.md "Synth output"); ``extra`` keys are added after the standard ones."""
+    name = sample_name(sample_id)
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "id": int(sample_id),
+        "name": name,
+        "seed": int(seed),
+        "category": category,
+        "defect": defect,
+        "accepted": bool(accepted),
+        "reason": reason,
+        "mask_area": round(float(mask_area), 6),
+        "image": f"image/{name}.png",
+        "part": f"part/{name}.png",
+        "mask": f"mask/{name}.png",
+        "adapter_sha256": adapter_sha256,
+    }
+    row.update(extra)
+    return row
+
+
+def row_line(row: Mapping[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
+    """Append one row and fsync, so that a row on disk survives a kill right after this returns."""
+    path = Path(path)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(row_line(row))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_rows(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The rows of a manifest (or shard) file; a missing file is empty.
+
+    Args:
+        path (`str | Path`): the ``.jsonl`` file.
+        repair (`bool`, defaults to False): truncate a torn last line (an append cut by a kill) off the file, so
+            that the next append starts on a fresh line. Only the process that appends to the file may repair it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    rows: list[dict[str, Any]] = []
+    good_end = 0
+    pos = 0
+    for raw in data.splitlines(keepends=True):
+        pos += len(raw)
+        if not raw.endswith(b"\n"):
+            break  # torn last line
+        text = raw.strip()
+        if not text:
+            good_end = pos
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError:
+            if pos == len(data):
+                break  # a torn line that happens to end in a newline byte
+            raise InputError(f"{path}: line {len(rows) + 1} is not valid JSON", path=path) from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise InputError(f"{path}: line {len(rows) + 1} is not a manifest row", path=path)
+        rows.append(row)
+        good_end = pos
+    if good_end < len(data):
+        logger.warning("%s: ignoring a torn last line (%d bytes)", path, len(data) - good_end)
+        if repair:
+            with open(path, "r+b") as handle:
+                handle.truncate(good_end)
+                handle.flush()
+                os.fsync(handle.fileno())
+    return rows
+
+
+def shard_paths(folder: str | Path) -> list[Path]:
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def read_all_rows(folder: str | Path) -> dict[int, dict[str, Any]]:
+    """Every row of a defect folder, from ``manifest.jsonl`` and any shards, keyed by id (first copy wins)."""
+    folder = Path(folder)
+    rows: dict[int, dict[str, Any]] = {}
+    for path in [folder / MANIFEST, *shard_paths(folder)]:
+        for row in read_rows(path):
+            rows.setdefault(int(row["id"]), row)
+    return rows
+
+
+def write_manifest(folder: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Rewrite ``manifest.jsonl`` atomically with ``rows`` sorted by id."""
+    path = Path(folder) / MANIFEST
+    ordered = sorted(rows, key=lambda r: int(r["id"]))
+    write_text_atomic(path, "".join(row_line(r) for r in ordered))
+    return path
+
+
+def cutoff_id(rows: Mapping[int, Mapping[str, Any]], count: int) -> int | None:
+    """The id of the ``count``-th accepted attempt once every id before it is done, else ``None``.
+
+    Attempts past this id can never enter the result (the first ``count`` accepted in id order), whatever is
+    still running, so a process may stop once its next id is larger.
+    """
+    accepted = 0
+    i = 0
+    if count <= 0:
+        return -1
+    while i in rows:
+        if rows[i].get("accepted"):
+            accepted += 1
+            if accepted >= count:
+                return i
+        i += 1
+    return None
+
+
+def result_rows(rows: Mapping[int, Mapping[str, Any]] | Sequence[Mapping[str, Any]], count: int | None) -> list[Any]:
+    """The result of ``--count N``: the first ``count`` accepted rows in id order (all accepted if ``None``)."""
+    values = rows.values() if isinstance(rows, Mapping) else rows
+    accepted = [r for r in sorted(values, key=lambda r: int(r["id"])) if r.get("accepted")]
+    return accepted if count is None else accepted[:count]
+
+
+def read_run_json(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / RUN_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})", path=path) from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object", path=path)
+    return data
+
+
+def write_run_json(folder: str | Path, data: Mapping[str, Any]) -> Path:
+    path = Path(folder) / RUN_JSON
+    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **data})
+    return path
+
+
+def load_synth(folder: str | Path, count: int | None = None) -> list[dict[str, Any]]:
+    """The accepted result rows of one synth defect folder (``count`` defaults to run.json's ``count``)."""
+    folder = Path(folder)
+    run = read_run_json(folder) or {}
+    rows = read_rows(folder / MANIFEST)
+    return result_rows(rows, count if count is not None else run.get("count"))
+
+
+def _find_below(root: Path, marker: str, what: str, hint: str) -> list[Path]:
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root} does not exist", path=root)
+    if (root / marker).is_file():
+        return [root]
+    found = sorted({p.parent for depth in ("*", "*/*") for p in root.glob(f"{depth}/{marker}")})
+    if not found:
+        raise InputError(f"no {what} under {root} (looked for {marker} up to two levels down)", hint=hint)
+    return found
+
+
+def find_adapter_dirs(runs: str | Path) -> list[Path]:
+    """Adapter folders below ``runs``: a fit output root, a category folder or a defect folder."""
+    return _find_below(Path(runs), ADAPTER_JSON, "fitted adapter", "run `anogen fit DATA --out RUNS` first")
+
+
+def find_synth_dirs(root: str | Path) -> list[Path]:
+    """Synth defect folders below ``root`` (an output root, a category folder or a defect folder)."""
+    return _find_below(Path(root), RUN_JSON, "synth output", "run `anogen synth RUNS --out DIR` first")
