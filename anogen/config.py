@@ -25,11 +25,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from anogen.errors import PresetError
+
+if TYPE_CHECKING:
+    from anogen.data.model import CategoryKind
 
 Flip = Literal["horizontal", "vertical", "rotate90"]
 
@@ -383,3 +386,22 @@ def resolve(
         validated=validated,
         config_file=str(config_file) if config_file is not None else None,
     )
+
+
+def preset_for(dataset_format: str, category: str, kind: CategoryKind | str | None = None) -> str:
+    """The preset a category gets when the user names none.
+
+    ``mvtec/<category>`` and ``visa/<object>`` when such a preset ships, ``toy/<category>`` for the toy world;
+    anything else (a user's own product, MVTec AD 2) gets ``generic/texture`` for texture categories and
+    ``generic/object`` otherwise. Commands print the name they picked.
+
+    Args:
+        dataset_format (`str`): the layout the category was read from (``Category.dataset_format``).
+        category (`str`): the category name.
+        kind (`CategoryKind`, *optional*): object or texture, if known.
+    """
+    group = {"mvtec": "mvtec", "visa": "visa", "toy": "toy"}.get(dataset_format)
+    if group is not None and f"{group}/{category}" in list_presets():
+        return f"{group}/{category}"
+    kind_value = getattr(kind, "value", kind)
+    return "generic/texture" if kind_value == "texture" else "generic/object"

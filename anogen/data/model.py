@@ -30,6 +30,7 @@ class Problem:
     severity: Severity
     path: Path | None
     message: str
+    defect: str | None = None  # the defect type the finding belongs to, if any (for per-defect tables)
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path is not None else ""
@@ -52,6 +53,7 @@ class DefectSample:
     image: ImageInfo
     mask: ImageInfo | None
     stem: str
+    mask_coverage: float | None = None  # fraction of the mask's pixels that are anomalous (> 0)
 
 
 @dataclass
