@@ -1,0 +1,8 @@
+"""Writers of data set trees (MVTec AD, COCO, anomalib Folder, VisA) and the HTML report of a synth run.
+
+No torch: exports and reports run wherever the images are.
+"""
+
+from anogen.export.common import ExportConfig, ExportPlan, ExportResult, export, find_synth_folders, read_synth_set
+
+__all__ = ["ExportConfig", "ExportPlan", "ExportResult", "export", "find_synth_folders", "read_synth_set"]
