@@ -309,6 +309,7 @@ def _check_folder(folder: Path) -> None:
 
 def load_folder(folder: Path, *, source: str) -> Backbone:
     """Load a diffusers folder with the SD-1.x layout, weights from ``.safetensors`` only."""
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -317,7 +318,10 @@ def load_folder(folder: Path, *, source: str) -> Backbone:
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True)
+        # transformers 5 keeps the stored dtype by default; load fp32 like diffusers does (fp16 files included).
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", use_safetensors=True, dtype=torch.float32
+        )
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load backbone from {folder}: {exc}") from exc
