@@ -195,7 +195,8 @@ def test_mvtec2_missing_ground_truth(tmp_path: Path) -> None:
     shutil.rmtree(folder / "test_public" / "ground_truth")
     result = check(folder)
     assert result.exit_code == 2
-    assert _has_line(result.stderr, "error:", str(folder / "test_public" / "ground_truth" / "bad"), "missing mask folder")
+    expected = folder / "test_public" / "ground_truth" / "bad"
+    assert _has_line(result.stderr, "error:", str(expected), "missing mask folder")
 
 
 # ---------------------------------------------------------------------------------------- quirky trees

@@ -17,7 +17,9 @@ def _defect(stems: list[str]) -> DefectType:
     return DefectType("crack", samples)
 
 
-@pytest.mark.parametrize("n,expected_train", [(1, 1), (2, 1), (3, 1), (5, 1), (6, 2), (8, 2), (9, 3), (17, 5), (30, 10)])
+@pytest.mark.parametrize(
+    "n,expected_train", [(1, 1), (2, 1), (3, 1), (5, 1), (6, 2), (8, 2), (9, 3), (17, 5), (30, 10)]
+)
 def test_default_is_floor_n_over_3_at_least_one(n: int, expected_train: int) -> None:
     stems = [f"{i:03d}" for i in range(n)]
     split = few_shot_split(_defect(stems))
