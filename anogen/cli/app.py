@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from anogen import __version__
 from anogen.cli import data as data_cmd
 from anogen.cli import env as env_cmd
+from anogen.cli import eval as eval_cmd
 from anogen.cli import presets as presets_cmd
 from anogen.cli import prior as prior_cmd
 from anogen.cli._output import Output
@@ -91,6 +92,7 @@ def _root(
 app.command("env", help=env_cmd.__doc__, epilog=env_cmd.EPILOG)(env_cmd.env)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(data_cmd.app, name="data")
+app.command("eval", epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
 app.command("prior", epilog=prior_cmd.EPILOG)(prior_cmd.prior)
 
 
