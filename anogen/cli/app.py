@@ -19,6 +19,7 @@ from anogen.cli import env as env_cmd
 from anogen.cli import eval as eval_cmd
 from anogen.cli import presets as presets_cmd
 from anogen.cli import prior as prior_cmd
+from anogen.cli import toy as toy_cmd
 from anogen.cli._output import Output
 from anogen.errors import AnogenError
 
@@ -91,6 +92,7 @@ def _root(
 
 app.command("env", help=env_cmd.__doc__, epilog=env_cmd.EPILOG)(env_cmd.env)
 app.add_typer(presets_cmd.app, name="presets")
+app.add_typer(toy_cmd.app, name="toy")
 app.add_typer(data_cmd.app, name="data")
 app.command("eval", epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
 app.command("prior", epilog=prior_cmd.EPILOG)(prior_cmd.prior)
