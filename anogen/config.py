@@ -312,6 +312,8 @@ def validate_sections(data: Mapping[str, Any], *, source: str, allow_meta: bool)
 
 
 def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and get_origin(tp) is None:
+        return tp.__name__  # "int", not "<class 'int'>"
     return str(tp).replace("typing.", "")
 
 
