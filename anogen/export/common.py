@@ -444,6 +444,10 @@ def _normal(info: Any, category: str) -> NormalItem:
 
 
 def _real_held_out(real: Any, synth: SynthSet) -> list[AnomalyItem]:
+    defect = real.defects.get(synth.defect) or real.defects.get(safe_name(synth.defect))
+    if defect is None:
+        logger.warning("real data has no defect type %r; no real test images added", synth.defect)
+        return []
     stems = held_out_stems(synth)
     if stems is None:
         raise InputError(
@@ -451,10 +455,6 @@ def _real_held_out(real: Any, synth: SynthSet) -> list[AnomalyItem]:
             f"{synth.defect!r} cannot be told from the held-out images",
             hint="export without --include-real-test, or re-run synth with an adapter that records its split",
         )
-    defect = real.defects.get(synth.defect)
-    if defect is None:
-        logger.warning("real data has no defect type %r; no real test images added", synth.defect)
-        return []
     wanted = set(stems)
     items: list[AnomalyItem] = []
     for sample in defect.samples:
@@ -782,6 +782,7 @@ def run_plan(
         InputError: ``out`` is a file, or a non-empty folder that is not an anogen export (without ``force``).
     """
     out = Path(config.out).resolve()
+    _refuse_overlap(out, config, inputs)
     state = dir_state(out)
     if state == "foreign" and out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
@@ -796,7 +797,8 @@ def run_plan(
         raise AnogenError("internal error: two export files share a path")
     for rel in rels:
         # Defence in depth: every name was sanitised, but no planned path may leave the export root.
-        target = (out / rel).resolve()
+        # normpath, not resolve: a symlinked export file legitimately points outside, its path does not.
+        target = Path(os.path.normpath(out / rel))
         if out not in target.parents:
             raise InputError(f"refusing to write outside {out}: {rel}")
 
@@ -918,7 +920,9 @@ def run_plan(
         "anogen_version": __version__,
         "format": plan.format,
         "digest": digest,
-        "config": config.to_dict(),
+        # ``force`` is how this run was invoked, not a property of the result: leave it out so a forced rebuild
+        # of the same inputs is byte-identical.
+        "config": {k: v for k, v in config.to_dict().items() if k != "force"},
         "notice": NOTICE_FILE,
         "manifest": EXPORT_MANIFEST,
         "files": len(manifest_rows),
@@ -955,6 +959,18 @@ def run_plan(
         (out / JOURNAL).unlink()
     status: Literal["written", "resumed"] = "resumed" if resumed else "written"
     return ExportResult(out, plan.format, status, len(manifest_rows), written, reused, removed, plan.summary)
+
+
+def _refuse_overlap(out: Path, config: ExportConfig, inputs: Sequence[SynthSet]) -> None:
+    """Never export into (or around) the data being read: cleaning the export's folders would delete it."""
+    sources = [Path(config.data).resolve()] if config.data is not None else []
+    sources += [s.folder for s in inputs]
+    for source in sources:
+        if out == source or out in source.parents or source in out.parents:
+            raise InputError(
+                f"--out {out} overlaps an input ({source})",
+                hint="export into a separate folder; --force does not lift this",
+            )
 
 
 def _remove_strays(out: Path, plan: ExportPlan, keep: set[str]) -> int:
