@@ -1,0 +1,289 @@
+"""Sampling and the synth loop on the tiny backbone (CPU, 32 px, 2-4 steps).
+
+- Reference equivalence: with a fresh adapter (the identity), each branch's images equal diffusers' own
+  ``StableDiffusionPipeline`` run on that branch's prompt with the same scheduler, steps, guidance and initial
+  latents. Tolerance: 1e-4 on [0, 1] float images (differences are float rounding from the different batch
+  composition; the uint8 files then differ by at most 1 level, in practice not at all).
+- Determinism: byte-identical files across batch sizes (and so across runs); resume after SIGKILL; two processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anogen.config import AdapterConfig, MaskConfig, SampleConfig
+from anogen.errors import CompatibilityError
+from anogen.manifest import read_rows
+from anogen.model.adapter import save_adapter
+from anogen.model.backbone import build_tiny
+from anogen.model.dual import DualAdapter
+from anogen.sample import remask, sample_pairs, synthesize
+
+WHOLE, PART = "a vfx with sks", "sks"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_runs(root: Path, backbone, *, category="bottle", defect="crack", coupling="saim", perturb=0.0,
+              sample=None, mask=None) -> Path:
+    """An adapter folder written directly (no fit): a fresh adapter, optionally with non-zero LoRA ups."""
+    adapter = DualAdapter.from_backbone(backbone, AdapterConfig(rank=4, coupling=coupling), seed=3)
+    if perturb:
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for name, p in adapter.named_parameters():
+                if name.endswith(".up"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * perturb)
+    record = {
+        "category": category,
+        "defect": defect,
+        "backbone": {"source": "tiny", "content_hash": backbone.content_hash},
+        "prompts": {"whole": WHOLE, "part": PART},
+        "config": {"sample": sample or {"steps": 3, "sampler": "dpmsolver++"}, "mask": mask or {"threshold": "otsu"}},
+        "seed": 0,
+        "prior": None,
+    }
+    folder = root / category / defect
+    save_adapter(adapter, folder, record)
+    return root
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "run.json"
+    }
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return build_tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(backbone, tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("runs"), backbone, perturb=0.3)
+
+
+# ------------------------------------------------------------------------------------------ equivalence
+
+
+@pytest.mark.parametrize(
+    "coupling,bcm,sampler,steps",
+    [("none", False, "dpmsolver++", 3), ("saim", False, "pndm", 4), ("saim", True, "euler", 3)],
+)
+def test_fresh_adapter_branches_equal_stock_pipeline(backbone, coupling, bcm, sampler, steps):
+    from diffusers import StableDiffusionPipeline
+
+    adapter = DualAdapter.from_backbone(backbone, AdapterConfig(rank=4, coupling=coupling, bcm=bcm), seed=1)
+    cfg = SampleConfig(sampler=sampler, steps=steps, guidance=2.5)
+    seeds = [11, 22]
+    side = backbone.resolution // backbone.vae_scale_factor
+    background = None
+    if bcm:  # a fresh BCM gate is 0: the background must not change anything either
+        background = torch.randn((3, backbone.latent_channels, side, side), generator=torch.Generator().manual_seed(0))
+    images, parts = sample_pairs(
+        backbone, adapter, {"prompts": {"whole": WHOLE, "part": PART}}, seeds, cfg,
+        background_latents=background, output_type="float",
+    )
+    assert images.shape == (2, backbone.resolution, backbone.resolution, 3)
+    assert not adapter.is_installed(backbone.unet)  # sample_pairs leaves the stock UNet behind
+    pipe = StableDiffusionPipeline(
+        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
+        scheduler=backbone.make_scheduler(sampler), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for k, seed in enumerate(seeds):
+        # the documented noise of attempt k: one (2, C, h, w) draw, row 0 whole, row 1 part
+        noise = torch.randn((2, backbone.latent_channels, side, side), generator=torch.Generator("cpu").manual_seed(seed))
+        for branch, prompt, got in ((0, WHOLE, images[k]), (1, PART, parts[k])):
+            ref = pipe(
+                prompt, negative_prompt="", num_inference_steps=steps, guidance_scale=2.5,
+                latents=noise[branch : branch + 1].clone(), output_type="np",
+                height=backbone.resolution, width=backbone.resolution,
+            ).images[0]
+            assert np.abs(ref - got).max() < 1e-4, (branch, np.abs(ref - got).max())
+
+
+def test_trained_part_lora_changes_only_the_part_branch(backbone):
+    """Sanity check of the comparison above: a non-zero part-branch LoRA (SAIM off) moves parts, not wholes."""
+    adapter = DualAdapter.from_backbone(backbone, AdapterConfig(rank=4, coupling="none"), seed=1)
+    cfg = SampleConfig(steps=2, guidance=2.5)
+    base_img, base_part = sample_pairs(backbone, adapter, {}, [7], cfg, output_type="float")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if name.endswith(".up"):
+                p[1].copy_(torch.randn(p[1].shape, generator=gen) * 0.5)  # branch 1 = part
+    img, part = sample_pairs(backbone, adapter, {}, [7], cfg, output_type="float")
+    assert np.abs(img - base_img).max() < 1e-5
+    assert np.abs(part - base_part).max() > 1e-2
+
+
+# ---------------------------------------------------------------------------------------- synth loop
+
+
+def test_deterministic_across_batch_sizes(runs, tmp_path):
+    outs = []
+    for batch in (1, 3):
+        out = tmp_path / f"b{batch}"
+        summary = synthesize(runs, out, overrides={"sample": {"count": 4, "batch_size": batch}})
+        assert summary.defects[0].accepted == 4
+        outs.append(tree_hashes(out))
+    assert outs[0] == outs[1]
+    files = outs[0]
+    manifest = read_rows(tmp_path / "b1" / "bottle" / "crack" / "manifest.jsonl")
+    assert [r["id"] for r in manifest] == sorted(r["id"] for r in manifest)
+    for row in manifest:  # every row's files exist; no file without a row
+        for key in ("image", "part", "mask"):
+            assert f"bottle/crack/{row[key]}" in files
+    assert len([f for f in files if f.endswith(".png")]) == 3 * len(manifest)
+
+
+def test_rejected_attempts_recorded_and_exhausted(runs, tmp_path):
+    out = tmp_path / "out"
+    # max_area_fraction 0 rejects every non-empty mask: nothing can be accepted
+    summary = synthesize(runs, out, overrides={"sample": {"count": 2, "max_attempts": 3},
+                                               "mask": {"max_area_fraction": 0.0}})
+    d = summary.defects[0]
+    assert d.exhausted and d.accepted == 0 and d.attempts == 3
+    rows = read_rows(out / "bottle" / "crack" / "manifest.jsonl")
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    assert all(not r["accepted"] and r["reason"] in ("mask_too_large", "empty_mask") for r in rows)
+    assert sum(d.rejected.values()) == 3
+    for r in rows:  # rejected attempts keep their files
+        assert (out / "bottle" / "crack" / r["image"]).is_file()
+
+
+def test_remask_then_top_up(runs, tmp_path):
+    out = tmp_path / "out"
+    synthesize(runs, out, overrides={"sample": {"count": 4}})
+    folder = out / "bottle" / "crack"
+    rows = read_rows(folder / "manifest.jsonl")
+    areas = sorted(r["mask_area"] for r in rows)
+    limit = (areas[1] + areas[2]) / 2  # rejects the two largest masks
+    result = remask(out, overrides={"max_area_fraction": limit})
+    assert result.folders[0]["accepted_after"] == 2 and result.folders[0]["needs_top_up"]
+    rows = read_rows(folder / "manifest.jsonl")
+    assert sum(r["accepted"] for r in rows) == 2
+    assert json.loads((folder / "run.json").read_text())["mask"]["max_area_fraction"] == limit
+    # the same synth command tops up with the folder's new mask settings
+    summary = synthesize(runs, out, overrides={"sample": {"count": 4}})
+    rows = read_rows(folder / "manifest.jsonl")
+    assert summary.defects[0].accepted == 4
+    assert sum(r["accepted"] for r in rows) == 4 and all(
+        r["mask_area"] <= limit for r in rows if r["accepted"]
+    )
+    # asking for other mask settings on an existing output is refused
+    with pytest.raises(CompatibilityError, match="mask settings"):
+        synthesize(runs, out, overrides={"sample": {"count": 4}, "mask": {"threshold": 0.3}})
+
+
+def test_refuses_other_generation_settings_and_backbone(runs, backbone, tmp_path):
+    out = tmp_path / "out"
+    synthesize(runs, out, overrides={"sample": {"count": 1}})
+    with pytest.raises(CompatibilityError, match="steps"):
+        synthesize(runs, out, overrides={"sample": {"count": 2, "steps": 4}})
+    other = make_runs(tmp_path / "other", build_tiny(seed=1))
+    record = json.loads((other / "bottle" / "crack" / "adapter.json").read_text())
+    record["backbone"] = {"source": "tiny", "content_hash": "0" * 64}  # made for a backbone we cannot load
+    (other / "bottle" / "crack" / "adapter.json").write_text(json.dumps(record))
+    with pytest.raises(CompatibilityError, match="backbone"):
+        synthesize(other, tmp_path / "out2", overrides={"sample": {"count": 1}})
+    assert not (tmp_path / "out2" / "bottle" / "crack" / "image").exists()  # nothing generated
+
+
+# -------------------------------------------------------------------------------- kill, resume, processes
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from anogen.sample import synthesize
+    synthesize(Path(sys.argv[1]), Path(sys.argv[2]),
+               overrides={"sample": {"count": int(sys.argv[3]), "batch_size": int(sys.argv[4])}}, device="cpu")
+    """
+)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def test_resume_after_kill_matches_uninterrupted(runs, tmp_path):
+    count = 6
+    reference = tmp_path / "ref"
+    synthesize(runs, reference, overrides={"sample": {"count": count, "batch_size": 1}})
+    out = tmp_path / "killed"
+    manifest = out / "bottle" / "crack" / "manifest.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(runs), str(out), str(count), "1"], env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.is_file() and len(read_rows(manifest)) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "synth finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = len(read_rows(manifest))
+    assert 2 <= done < count
+    # make the worst case certain: a torn last row, a stray PNG without a row, a temp file of a killed write
+    with open(manifest, "ab") as handle:
+        handle.write(b'{"id": 99, "accepted": tr')
+    stray = out / "bottle" / "crack" / "image" / f"{done:06d}.png"
+    stray.write_bytes(b"half a png")
+    (out / "bottle" / "crack" / "part" / ".000005.png.abc.tmp").write_bytes(b"x")
+    synthesize(runs, out, overrides={"sample": {"count": count, "batch_size": 2}})
+    assert tree_hashes(out) == tree_hashes(reference)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(runs, tmp_path):
+    count = 5
+    reference = tmp_path / "one"
+    synthesize(runs, reference, overrides={"sample": {"count": count, "batch_size": 2}})
+    out = tmp_path / "two"
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SCRIPT, str(runs), str(out), str(count), "2"],
+            env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+        )
+        for r in range(2)
+    ]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0, 0]
+    assert tree_hashes(out) == tree_hashes(reference)
+    assert not list((out / "bottle" / "crack").glob("manifest.rank*.jsonl"))  # shards merged away
+
+
+def test_mask_config_from_adapter_record(backbone, tmp_path):
+    runs = make_runs(tmp_path / "runs", backbone, perturb=0.3, mask={"threshold": 0.9, "min_area": 1})
+    summary = synthesize(runs, tmp_path / "out", overrides={"sample": {"count": 1, "max_attempts": 2}})
+    run = json.loads((tmp_path / "out" / "bottle" / "crack" / "run.json").read_text())
+    assert run["mask"]["threshold"] == 0.9 and run["sample"]["steps"] == 3
+    assert summary.defects[0].attempts >= 1
+    assert MaskConfig(**run["mask"]).threshold == 0.9
