@@ -4,10 +4,12 @@
 images, the plausibility check takes the object masks). Everything here is training-free and offline.
 
 Object masks come from a **background colour model taken from the image border**: the border strip is
-smoothed and clustered into a few colours (k-means, deterministic initialisation); clusters holding only a
-small share of the border (an object that touches the edge) are dropped; every pixel's Mahalanobis distance
-to the nearest remaining cluster is thresholded (a fixed number of the background's standard deviations);
-the binary map is cleaned by opening and closing, its holes are filled and its largest component kept.
+median-filtered and clustered into a few colours (k-means, deterministic initialisation); clusters holding
+only a small share of the border, or confined to one side of it (an object that touches the edge), are
+dropped; every pixel's Mahalanobis distance to the nearest remaining cluster is thresholded (a fixed number
+of the background's standard deviations, then raised to halfway to the object's typical distance so that
+blurred edges are cut in their middle); the binary map is cleaned by opening and closing, its holes are
+filled and its largest component kept.
 Object masks are estimated for defect images too, so that defect locations can be expressed in the object's
 frame (its bounding box), whatever the object's position in each photo.
 
@@ -151,9 +153,10 @@ def estimate_object_mask(image: np.ndarray | Image.Image, params: PriorParams | 
         pixels = ndimage.gaussian_filter(pixels, sigma=(params.smooth, params.smooth, 0), mode="nearest")
 
     band = max(2, int(round(params.border * min(h, w))))
-    ring = np.zeros((h, w), dtype=bool)
-    ring[:band, :] = ring[-band:, :] = ring[:, :band] = ring[:, -band:] = True
-    distance = _background_distance(pixels, pixels[ring], params)
+    sides = np.zeros((4, h, w), dtype=bool)
+    sides[0, :band, :] = sides[1, -band:, :] = sides[2, :, :band] = sides[3, :, -band:] = True
+    ring = sides.any(axis=0)
+    distance = _background_distance(pixels, pixels[ring], sides[:, ring], params)
 
     threshold = params.threshold
     if threshold == "otsu":
@@ -209,15 +212,26 @@ def _downscale(rgb: np.ndarray, work_size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize(size, Image.BOX))
 
 
-def _background_distance(pixels: np.ndarray, border: np.ndarray, params: PriorParams) -> np.ndarray:
-    """Per-pixel Mahalanobis distance to the nearest background colour cluster, in standard deviations."""
+def _background_distance(
+    pixels: np.ndarray, border: np.ndarray, border_sides: np.ndarray, params: PriorParams
+) -> np.ndarray:
+    """Per-pixel Mahalanobis distance to the nearest background colour cluster, in standard deviations.
+
+    ``border_sides`` (4, n) says which image side (top, bottom, left, right) each border pixel lies on.
+    A cluster is background if it holds at least ``min_cluster_share`` of the border and appears on at least
+    two sides: an object that touches one edge forms a cluster confined to that side, which is dropped.
+    """
     centres, labels = _kmeans(border, params.clusters)
     floor = params.noise_floor**2 * np.eye(3)
     flat = pixels.reshape(-1, 3)
     best = np.full(flat.shape[0], np.inf)
     shares = np.bincount(labels, minlength=len(centres)) / max(1, len(labels))
-    keep = [k for k in range(len(centres)) if shares[k] >= params.min_cluster_share]
-    if not keep:  # every cluster is small: the border is too varied to say what is background
+    keep = []
+    for k in range(len(centres)):
+        on_side = [(labels[side] == k).mean() >= 0.1 for side in border_sides if side.any()]
+        if shares[k] >= params.min_cluster_share and (sum(on_side) >= 2 or shares[k] >= 0.5):
+            keep.append(k)
+    if not keep:  # no cluster qualifies: the border is too varied to say; trust the largest one
         keep = [int(np.argmax(shares))]
     for k in keep:
         members = border[labels == k]
