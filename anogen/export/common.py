@@ -55,6 +55,8 @@ EXPORT_JSON = "export.json"
 EXPORT_MANIFEST = "export_manifest.jsonl"
 NOTICE_FILE = "LICENSE-NOTICE.txt"
 JOURNAL = ".anogen-export.journal.jsonl"
+# Bump when the way a file is rendered changes (resampling, mode handling): older exports then rebuild.
+RENDER_VERSION = 1
 _TMP_SUFFIX = ".tmp"
 
 # Licence of each data set we read; derived data inherits it (CC BY-NC-SA is share-alike).
@@ -511,6 +513,7 @@ class PlannedFile:
             "size": list(self.size) if self.size else None,
             "mode": self.mode,
             "link": link,
+            "render": RENDER_VERSION,
             "src": str(self.src) if link == "symlink" else None,
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
