@@ -134,9 +134,11 @@ class BranchLoRA(nn.Module):
         down, up = _cast(self.down, x), _cast(self.up, x) * self.scale
         if mode == "record":
             return F.linear(F.linear(x, down[0]), up[0])
-        pairs = x.unflatten(0, (-1, 2))  # (P, 2, N, in), a view
-        per_branch = [F.linear(F.linear(pairs[:, b], down[b]), up[b]) for b in (0, 1)]
-        return torch.stack(per_branch, dim=1).flatten(0, 1)
+        # (P, 2, N, in) view; the branch-stacked weights broadcast over P, so both branches run in one batched
+        # matmul per factor and the result is already in the pair layout (no stack/interleave copy)
+        pairs = x.unflatten(0, (-1, 2))
+        mid = torch.matmul(pairs, down.transpose(1, 2).unsqueeze(0))
+        return torch.matmul(mid, up.transpose(1, 2).unsqueeze(0)).flatten(0, 1)
 
 
 class SAIM(nn.Module):

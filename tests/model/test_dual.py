@@ -323,3 +323,80 @@ def test_config_is_recorded_on_the_adapter(tiny_backbone):
     adapter = DualAdapter.from_backbone(tiny_backbone, config, seed=0)
     assert adapter.config == config and dataclasses.asdict(adapter.config)["coupling"] == "none"
     assert adapter.backbone_hash == tiny_backbone.content_hash
+
+
+# ------------------------------------------------------------------------------------- SD-1.5 architecture
+
+SD15_UNET_CONFIG = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+
+
+def _sd15_unet_with_cheap_weights(seed: int = 0):
+    """The real SD-1.5 UNet architecture, built on the meta device, with weights that cost almost nothing.
+
+    Every matrix/kernel with the same fan-in is a view of one shared random pool (scaled 1/sqrt(fan_in)), norms
+    get weight 1 / bias 0: ~860M parameters would take 3.4 GB and many seconds to draw; the pools take ~100 MB.
+    """
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    params = [(m, n, p) for m in unet.modules() for n, p in m._parameters.items() if p is not None]
+    need: dict[int, int] = {}
+    for _, _, p in params:
+        key = p[0].numel() if p.ndim > 1 else 0
+        need[key] = max(need.get(key, 0), p.numel())
+    g = torch.Generator().manual_seed(seed)
+    pools = {k: torch.randn(n, generator=g) * k**-0.5 for k, n in need.items() if k}
+    ones, zeros = torch.ones(need.get(0, 1)), torch.zeros(need.get(0, 1))
+    for module, name, p in params:
+        if p.ndim > 1:
+            data = pools[p[0].numel()][: p.numel()].view(p.shape)
+        else:
+            data = (zeros if name == "bias" else ones)[: p.numel()]
+        module._parameters[name] = torch.nn.Parameter(data, requires_grad=False)
+    assert not any(b.is_meta for b in unet.buffers())
+    return unet
+
+
+def test_dual_forward_on_the_sd15_unet_architecture():
+    unet = _sd15_unet_with_cheap_weights()
+    adapter = DualAdapter.from_unet(unet, AdapterConfig(rank=4, saim_width=64, bcm=True), seed=0)
+    layers = [n.removesuffix(".processor") for n in unet.attn_processors]
+    assert len(layers) == 32  # 16 transformer blocks x (attn1, attn2)
+    widths = {adapter.processor(n).saim.proj_in.in_features for n in layers}
+    assert widths == {320, 640, 1280}
+    attn2 = adapter.processor("down_blocks.0.attentions.0.transformer_blocks.0.attn2")
+    assert attn2.lora["to_k"].down.shape == (2, 4, 768)
+    adapter.install(unet)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 32, 32, generator=g)
+    background = torch.randn(1, 4, 32, 32, generator=g)
+    emb = torch.randn(2, 77, 768, generator=g)
+    with torch.no_grad():
+        out = dual_forward(unet, adapter, latents, torch.tensor([500, 500]), emb, background_latents=background)
+    assert out.shape == (2, 4, 32, 32)
+    assert torch.isfinite(out).all()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbone):
+    latents, t, emb, background = _inputs(tiny_backbone, pairs=1)
+    grads = []
+    for checkpointing in (False, True):
+        unet, adapter = _dual(tiny_backbone, AdapterConfig(rank=4, bcm=True, saim_width=16))
+        _randomise(adapter, scale=0.1)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+            unet.train()
+        dual_forward(unet, adapter, latents, t, emb, background_latents=background).pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in adapter.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
