@@ -846,6 +846,22 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": to_jsonable(state["param_groups"]), "scalars": scalars}
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its ``__metadata__`` keys sorted.
+
+    safetensors writes the metadata from a hash map, in an order that changes from call to call; sorting it
+    (same length, so every tensor offset stays valid) makes equal content give equal bytes.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if len(text) > size:
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
+
+
 def save_checkpoint(
     folder: Path,
     step: int,
@@ -856,7 +872,7 @@ def save_checkpoint(
     scaler_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoints/step-NNNNNN/`` (``state.safetensors`` + ``state.json``) atomically, keep ``keep``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     root = folder / "checkpoints"
     final = root / f"step-{step:06d}"
@@ -866,7 +882,9 @@ def save_checkpoint(
     tensors = _trainable_state(adapter)
     opt_tensors, opt_json = _optimizer_tensors(optimizer)
     tensors.update(opt_tensors)
-    save_file(tensors, str(tmp / "state.safetensors"), metadata={"anogen_version": __version__, "step": str(step)})
+    data = save(tensors, metadata={"anogen_version": __version__, "step": str(step)})
+    with open(tmp / "state.safetensors", "wb") as handle:
+        handle.write(canonical_safetensors(data))
     state = {
         "schema_version": CHECKPOINT_SCHEMA_VERSION,
         "step": step,

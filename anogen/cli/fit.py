@@ -1,0 +1,204 @@
+"""Train one dual adapter per defect type of a category (``RUNS/<category>/<defect>/adapter.safetensors``).
+
+Resumable (``--resume``), checkpointed, validated with a sample grid; spreads over GPUs or nodes under
+``accelerate launch`` (``--parallel``). See docs/fit.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from anogen.cli._common import (
+    BackboneOpt,
+    CategoryOpt,
+    ConfigOpt,
+    DryRunOpt,
+    FormatOpt,
+    JsonOpt,
+    PresetOpt,
+    QuietOpt,
+    SeedOpt,
+    epilog,
+    make_output,
+)
+from anogen.errors import InputError
+
+EPILOG = epilog(
+    "anogen fit ./toy/widget --backbone toy --steps 300",
+    "anogen fit /data/mvtec --category bottle --defect crack --prior priors --out runs",
+    "anogen fit /data/mvtec/bottle --dry-run --mixed-precision bf16 --gradient-checkpointing",
+    "anogen fit /data/mvtec/bottle --prior priors --resume",
+    "accelerate launch --num_processes 4 -m anogen fit /data/mvtec/bottle --prior priors --parallel defects",
+)
+
+DefectOpt = Annotated[
+    list[str] | None, typer.Option("--defect", help="Train only this defect type (repeat for several).")
+]
+
+
+def _on_off(value: str | None, flag: str) -> bool | None:
+    if value is None:
+        return None
+    if value not in ("on", "off"):
+        raise InputError(f"{flag} takes on or off (got {value!r})")
+    return value == "on"
+
+
+def _mib(value: int | None) -> str:
+    if value is None:
+        return "unknown (backbone configs not local)"
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
+
+
+def fit_command(
+    data: Annotated[Path, typer.Argument(help="A category folder, or a dataset root with --category.")],
+    category: CategoryOpt = None,
+    defect: DefectOpt = None,
+    dataset_format: FormatOpt = "auto",
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    backbone: BackboneOpt = None,
+    coupling: Annotated[
+        str | None, typer.Option("--coupling", help="saim (couple the branches) or none (ablation).")
+    ] = None,
+    bcm: Annotated[
+        str | None, typer.Option("--bcm", help="on|off: background compensation (needs --prior).")
+    ] = None,
+    prior: Annotated[
+        Path | None, typer.Option("--prior", help="Output of `anogen prior` (backgrounds for BCM).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps per adapter.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", help="LoRA rank per branch.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="(whole, part) pairs per step and process.")
+    ] = None,
+    shots: Annotated[
+        int | None, typer.Option("--shots", help="Training images per defect type (default floor(N/3)).")
+    ] = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", help="Training resolution in pixels.")] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option("--mixed-precision", help="no | fp16 (GPU) | bf16.")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."),
+    ] = None,
+    gradient_accumulation: Annotated[
+        int | None, typer.Option("--gradient-accumulation", help="Micro-batches per optimiser step.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: none).")
+    ] = None,
+    validate_every: Annotated[
+        int | None, typer.Option("--validate-every", help="Steps between validation grids (0: only at the end).")
+    ] = None,
+    parallel: Annotated[
+        str, typer.Option("--parallel", help="Under accelerate launch: auto | defects | data.")
+    ] = "auto",
+    seed: SeedOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Runs root: adapters go to OUT/<category>/<defect>/.")] = Path(
+        "runs"
+    ),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue each adapter from its latest checkpoint.")
+    ] = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train one adapter per defect type: the whole image and its defect alone on grey, learnt together."""
+    from anogen import train
+    from anogen.config import preset_for, resolve
+    from anogen.data import read_category
+
+    out_ = make_output(quiet=quiet, json_mode=json_output)
+    if parallel not in ("auto", "defects", "data"):
+        raise InputError(f"--parallel takes auto, defects or data (got {parallel!r})")
+    bcm_value = _on_off(bcm, "--bcm")
+    cat = read_category(data, category=category, dataset_format=dataset_format)
+    preset_name = preset or preset_for(cat.dataset_format, cat.name, cat.kind)
+    overrides: dict[str, dict[str, Any]] = {
+        "backbone": {"id": backbone},
+        "adapter": {"coupling": coupling, "bcm": bcm_value, "rank": rank},
+        "train": {
+            "steps": steps,
+            "learning_rate": lr,
+            "batch_size": batch_size,
+            "shots": shots,
+            "resolution": resolution,
+            "mixed_precision": mixed_precision,
+            "gradient_checkpointing": gradient_checkpointing,
+            "gradient_accumulation": gradient_accumulation,
+            "checkpoint_every": checkpoint_every,
+            "validate_every": validate_every,
+            "seed": seed,
+        },
+    }
+    resolved = resolve(preset_name, config, overrides)
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        out_.info(f"preset {preset_name}{'' if resolved.validated else ' (values not yet validated on real data)'}")
+    kwargs: dict[str, Any] = {
+        "defects": defect or None,
+        "prior_dir": prior,
+        "resume": resume,
+        "parallel": parallel,
+    }
+    if dry_run:
+        plan = train.plan_fit(cat, resolved, out, **kwargs)
+        if not main_process:
+            return
+        out_.emit_json({"dry_run": True, "preset": preset_name, "plan": plan.to_dict()})
+        _print_plan(out_, plan)
+        return
+    with out_.progress() as display:
+        results = train.fit(cat, resolved, out, progress=display, **kwargs)
+    if not main_process:
+        return
+    out_.emit_json(
+        {"category": cat.name, "preset": preset_name, "out": str(out), "results": [r.to_dict() for r in results]}
+    )
+    table = Table("defect type", "status", "steps", "final loss", "adapter")
+    for result in results:
+        loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
+        table.add_row(
+            escape(result.defect), result.status, str(result.steps_done), loss, escape(str(result.folder))
+        )
+    out_.table(table)
+
+
+def _print_plan(out: Any, plan: Any) -> None:
+    out.result(
+        f"[bold]{escape(plan.category)}[/bold]: {len(plan.defects)} adapter(s), {plan.steps} steps each, "
+        f"batch {plan.batch_size} x accumulation {plan.gradient_accumulation} "
+        f"(effective {plan.effective_batch}), {plan.resolution} px, backbone {escape(plan.backbone)}"
+    )
+    trainable = f"{plan.trainable_parameters:,}" if plan.trainable_parameters is not None else "unknown"
+    out.result(
+        f"trainable parameters per adapter: {trainable}; device {plan.device}, precision {plan.mixed_precision}"
+        f"{', gradient checkpointing' if plan.gradient_checkpointing else ''}; "
+        f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}"
+    )
+    out.result(
+        f"processes: {plan.num_processes} ({plan.parallel}); BCM {'on' if plan.bcm else 'off'}"
+        f"{f' (prior {escape(str(plan.prior))})' if plan.prior else ''}"
+    )
+    table = Table("defect type", "train", "held out", "process", "state", "folder")
+    for item in plan.defects:
+        state = "complete" if item.complete else (f"resume from {item.resume_from}" if item.resume_from else "new")
+        table.add_row(
+            escape(item.defect),
+            str(len(item.split.train)),
+            str(len(item.split.held_out)),
+            str(item.process),
+            state,
+            escape(str(item.folder)),
+        )
+    out.table(table)
