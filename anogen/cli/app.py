@@ -18,6 +18,7 @@ from anogen.cli import data as data_cmd
 from anogen.cli import env as env_cmd
 from anogen.cli import eval as eval_cmd
 from anogen.cli import export as export_cmd
+from anogen.cli import fit as fit_cmd
 from anogen.cli import presets as presets_cmd
 from anogen.cli import prior as prior_cmd
 from anogen.cli import report as report_cmd
@@ -98,6 +99,7 @@ app.add_typer(toy_cmd.app, name="toy")
 app.add_typer(data_cmd.app, name="data")
 app.command("eval", epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
 app.command("export", epilog=export_cmd.EPILOG)(export_cmd.export_command)
+app.command("fit", epilog=fit_cmd.EPILOG)(fit_cmd.fit_command)
 app.command("report", epilog=report_cmd.EPILOG)(report_cmd.report_command)
 app.command("prior", epilog=prior_cmd.EPILOG)(prior_cmd.prior)
 
