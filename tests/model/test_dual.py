@@ -400,3 +400,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbone):
         dual_forward(unet, adapter, latents, t, emb, background_latents=background).pow(2).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in adapter.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_half_precision_unet_with_fp32_adapter_weights(tiny_backbone):
+    """The fp16-on-GPU path (UNet cast before install, no autocast), exercised on CPU for dtype safety."""
+    latents, t, emb, background = _inputs(tiny_backbone, pairs=1)
+    unet = copy.deepcopy(tiny_backbone.unet).half()
+    adapter = DualAdapter.from_unet(unet, AdapterConfig(rank=4, bcm=True), seed=0)
+    adapter.install(unet)
+    out = dual_forward(unet, adapter, latents.half(), t, emb.half(), background_latents=background.half())
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    expected = _stock(tiny_backbone.unet, latents, t, emb)
+    assert (out.float() - expected).abs().max() <= 0.01 * expected.abs().max()
+    out.float().pow(2).mean().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in adapter.parameters())
