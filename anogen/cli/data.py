@@ -46,7 +46,9 @@ def check(
     from anogen.data.model import Severity
 
     out = make_output(quiet=quiet, json_mode=json_output)
-    report = check_category(read_category(data, category=category, dataset_format=dataset_format), shots=shots)
+    with out.progress() as progress:
+        category_read = read_category(data, category=category, dataset_format=dataset_format, progress=progress)
+    report = check_category(category_read, shots=shots)
     cat = report.category
     out.emit_json(report.to_dict())
 

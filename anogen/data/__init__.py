@@ -19,6 +19,7 @@ from anogen.data import mvtec, mvtec2, visa
 from anogen.data.model import Category, CategoryKind, DefectSample, DefectType, ImageInfo, Problem, Severity
 from anogen.errors import DataError
 from anogen.io import natural_key
+from anogen.progress import ProgressCallback
 
 FORMATS = ("mvtec", "mvtec2", "visa", "folder", "toy")
 
@@ -85,7 +86,13 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def read_category(path: str | Path, *, category: str | None = None, dataset_format: str = "auto") -> Category:
+def read_category(
+    path: str | Path,
+    *,
+    category: str | None = None,
+    dataset_format: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Category:
     """Read one category of a dataset tree and validate every file.
 
     Args:
@@ -94,6 +101,7 @@ def read_category(path: str | Path, *, category: str | None = None, dataset_form
         dataset_format (`str`, defaults to `"auto"`): ``auto``, ``mvtec``, ``mvtec2``, ``visa``, ``folder``
             or ``toy``. ``mvtec`` is read as ``toy`` when the category folder holds the toy world's
             ``toy.json`` marker.
+        progress (`ProgressCallback`, *optional*): called once per image read (``reading images``).
 
     Returns:
         `Category`: normal images, defect types with their samples, and ``problems`` (errors and warnings:
@@ -116,13 +124,13 @@ def read_category(path: str | Path, *, category: str | None = None, dataset_form
         fmt = "toy"
     if fmt == "visa":
         visa_root = _visa_root(root, folder)
-        result = visa.read(visa_root, folder.name) if visa_root is not None else visa.read(folder, folder.name)
+        result = visa.read(visa_root if visa_root is not None else folder, folder.name, progress=progress)
     elif fmt == "mvtec2":
-        result = mvtec2.read(folder)
+        result = mvtec2.read(folder, progress=progress)
     elif fmt == "folder":
-        result = folder_reader.read(folder)
+        result = folder_reader.read(folder, progress=progress)
     else:
-        result = mvtec.read(folder, dataset_format=fmt)
+        result = mvtec.read(folder, dataset_format=fmt, progress=progress)
     return result
 
 

@@ -21,6 +21,7 @@ from anogen.data.model import Category, DefectSample, ImageInfo, Problem, Severi
 from anogen.data.split import default_shots, few_shot_split
 from anogen.errors import DataError
 from anogen.io import natural_key
+from anogen.progress import ProgressCallback, report
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,16 @@ class Findings:
     one folder (a conversion); :meth:`close` folds those into one line per (folder, kind).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress: ProgressCallback | None = None) -> None:
         self.problems: list[Problem] = []
         self._notes: dict[tuple[Path, str, str | None], list[Path]] = defaultdict(list)
+        self._progress = progress
+        self._images_read = 0
+
+    def image_read(self) -> None:
+        """Count one decoded image for the progress display (a VisA category holds thousands)."""
+        self._images_read += 1
+        report(self._progress, "reading images", self._images_read)
 
     def error(self, path: Path | None, message: str, defect: str | None = None) -> None:
         self.problems.append(Problem(Severity.ERROR, path, message, defect))
@@ -134,6 +142,7 @@ def _describe_read_error(exc: Exception) -> str:
 
 def inspect_image(path: Path, findings: Findings, defect: str | None = None) -> ImageInfo | None:
     """Open and decode ``path`` once (catching truncated files), note its mode; ``None`` if it cannot be read."""
+    findings.image_read()
     try:
         with Image.open(path) as img:
             mode = img.mode

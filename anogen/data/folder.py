@@ -32,6 +32,7 @@ from anogen.data.check import Findings, pair_defect_images, read_normal_folder, 
 from anogen.data.model import Category, CategoryKind, DefectType
 from anogen.errors import DataError
 from anogen.io import safe_name
+from anogen.progress import ProgressCallback
 
 CONFIG_FILE = "anogen-data.yaml"
 
@@ -82,14 +83,14 @@ def read_layout(folder: Path) -> FolderLayout:
     return FolderLayout(**{k: v for k, v in data.items() if v is not None})
 
 
-def read(folder: Path) -> Category:
+def read(folder: Path, *, progress: ProgressCallback | None = None) -> Category:
     """Read a category in the generic folder layout; problems are collected in ``category.problems``.
 
     Raises:
         DataError: ``anogen-data.yaml`` is malformed (the layout itself cannot be known).
     """
     layout = read_layout(folder)
-    findings = Findings()
+    findings = Findings(progress)
     kind = CategoryKind(layout.kind) if layout.kind else None
     category = Category(
         name=safe_name(layout.name or folder.name), root=folder, dataset_format="folder", kind=kind

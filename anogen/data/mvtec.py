@@ -13,6 +13,7 @@ from pathlib import Path
 from anogen.data.check import Findings, pair_defect_images, read_normal_folder, sub_folders
 from anogen.data.model import Category, CategoryKind, DefectType
 from anogen.io import safe_name
+from anogen.progress import ProgressCallback
 
 TEXTURES = frozenset({"carpet", "grid", "leather", "tile", "wood"})
 OBJECTS = frozenset(
@@ -31,7 +32,7 @@ def kind_of(name: str) -> CategoryKind:
     return CategoryKind.TEXTURE if name in TEXTURES else CategoryKind.OBJECT
 
 
-def read(folder: Path, *, dataset_format: str = "mvtec") -> Category:
+def read(folder: Path, *, dataset_format: str = "mvtec", progress: ProgressCallback | None = None) -> Category:
     """Read one MVTec AD category folder.
 
     Args:
@@ -41,7 +42,7 @@ def read(folder: Path, *, dataset_format: str = "mvtec") -> Category:
     Returns:
         The category; every problem found is in ``category.problems``.
     """
-    findings = Findings()
+    findings = Findings(progress)
     name = safe_name(folder.name)
     kind = _toy_kind(folder, findings) if dataset_format == "toy" else kind_of(name)
     category = Category(name=name, root=folder, dataset_format=dataset_format, kind=kind)

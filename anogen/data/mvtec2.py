@@ -13,6 +13,7 @@ from pathlib import Path
 from anogen.data.check import Findings, pair_defect_images, read_normal_folder, sub_folders
 from anogen.data.model import Category, CategoryKind, DefectType
 from anogen.io import safe_name
+from anogen.progress import ProgressCallback
 
 # The eight MVTec AD 2 categories; fabric is a texture (no object silhouette to compensate), the rest objects.
 CATEGORIES = frozenset({"can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "wallplugs", "walnuts"})
@@ -24,9 +25,9 @@ def is_category(folder: Path) -> bool:
     return (folder / "test_public").is_dir() or ((folder / "train").is_dir() and (folder / "validation").is_dir())
 
 
-def read(folder: Path) -> Category:
+def read(folder: Path, *, progress: ProgressCallback | None = None) -> Category:
     """Read one MVTec AD 2 category folder; problems are collected in ``category.problems``."""
-    findings = Findings()
+    findings = Findings(progress)
     name = safe_name(folder.name)
     kind = None
     if name in CATEGORIES:

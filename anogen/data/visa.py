@@ -17,6 +17,7 @@ from anogen.data.check import Findings, inspect_image, inspect_mask, pair_defect
 from anogen.data.model import Category, CategoryKind, DefectSample, DefectType, ImageInfo
 from anogen.errors import DataError
 from anogen.io import natural_key, safe_name
+from anogen.progress import ProgressCallback
 
 OBJECTS = frozenset(
     {
@@ -46,7 +47,7 @@ def objects_in_split_file(root: Path) -> list[str]:
         return []
 
 
-def read(root: Path, name: str) -> Category:
+def read(root: Path, name: str, *, progress: ProgressCallback | None = None) -> Category:
     """Read object ``name`` of a VisA tree.
 
     Args:
@@ -55,12 +56,12 @@ def read(root: Path, name: str) -> Category:
         name: the object, e.g. ``candle``.
     """
     if is_root(root):
-        return _read_split_file(root, name)
-    return _read_raw(root)
+        return _read_split_file(root, name, progress)
+    return _read_raw(root, progress)
 
 
-def _read_raw(folder: Path) -> Category:
-    findings = Findings()
+def _read_raw(folder: Path, progress: ProgressCallback | None) -> Category:
+    findings = Findings(progress)
     category = Category(name=safe_name(folder.name), root=folder, dataset_format="visa", kind=CategoryKind.OBJECT)
     images = folder / "Data" / "Images"
     category.train_normals = read_normal_folder(images / "Normal", findings, required=True, what="normal images")
@@ -77,7 +78,7 @@ def _read_raw(folder: Path) -> Category:
     return category
 
 
-def _read_split_file(root: Path, name: str) -> Category:
+def _read_split_file(root: Path, name: str, progress: ProgressCallback | None) -> Category:
     split_file = root / SPLIT_FILE
     try:
         with open(split_file, newline="", encoding="utf-8") as handle:
@@ -88,7 +89,7 @@ def _read_split_file(root: Path, name: str) -> Category:
             rows = [(line, row) for line, row in enumerate(reader, start=2) if row["object"] == name]
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise DataError(f"{split_file}: cannot read the split file ({exc})") from exc
-    findings = Findings()
+    findings = Findings(progress)
     category = Category(name=safe_name(name), root=root / name, dataset_format="visa", kind=CategoryKind.OBJECT)
     if not rows:
         findings.error(split_file, f"no rows for object {name!r}")

@@ -239,3 +239,11 @@ def test_reader_never_rewrites_test_in_paths(tmp_path: Path) -> None:
     assert category.defects["test"].samples[1].mask.path == folder / "ground_truth" / "test" / "001_mask.png"
     shutil.rmtree(folder / "ground_truth")
     assert "missing mask folder" in read_category(folder).errors[0].message
+
+
+def test_progress_counts_every_image(tmp_path: Path) -> None:
+    folder = write_mvtec(tmp_path, "bottle", {"crack": 3, "scratch": 2}, train=4, test_good=2)
+    events = []
+    read_category(folder, progress=events.append)
+    assert [e.completed for e in events] == list(range(1, 4 + 2 + 3 + 2 + 1))
+    assert {e.task for e in events} == {"reading images"}
