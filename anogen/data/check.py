@@ -25,6 +25,7 @@ from anogen.progress import ProgressCallback, report
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_EVERY = 25  # images between progress events
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 # How each stored PIL mode is turned into 8-bit RGB by anogen.io.to_rgb, in words for the report.
@@ -63,7 +64,9 @@ class Findings:
     def image_read(self) -> None:
         """Count one decoded image for the progress display (a VisA category holds thousands)."""
         self._images_read += 1
-        report(self._progress, "reading images", self._images_read)
+        # Every image would flood plain (CI) logs for nothing on small trees; the display throttles the rest.
+        if self._images_read % PROGRESS_EVERY == 0:
+            report(self._progress, "reading images", self._images_read)
 
     def error(self, path: Path | None, message: str, defect: str | None = None) -> None:
         self.problems.append(Problem(Severity.ERROR, path, message, defect))
