@@ -688,6 +688,8 @@ def build_prior(
     preset_bcm: bool | None = None,
     force: bool = False,
     dry_run: bool = False,
+    stats_from: Literal["train", "all"] = "train",
+    shots: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> PriorResult:
     """Write the priors of one category to ``out_dir/<category>/`` (see the module docstring for the layout).
@@ -704,6 +706,11 @@ def build_prior(
         preset_bcm (`bool`, *optional*): the preset's ``adapter.bcm``.
         force (`bool`, defaults to False): ignore the cache and recompute everything.
         dry_run (`bool`, defaults to False): validate and list what would be written; write nothing.
+        stats_from (`str`, defaults to `"train"`): which defect masks feed the location maps and shape
+            statistics: ``train``, the few-shot training images of each defect type (``anogen.data.split``,
+            so that nothing derived from held-out masks reaches generation), or ``all``.
+        shots (`int`, *optional*): training images per defect type for ``stats_from="train"`` (``None``:
+            the default split, floor(N/3), at least 1); use the value given to ``fit --shots``.
         progress (`ProgressCallback`, *optional*): receives ``prior <category>`` events.
 
     Raises:
@@ -735,7 +742,8 @@ def build_prior(
                     raise DataError(f"{info.path}: unreadable ({exc.strerror or exc})", path=info.path) from exc
 
     params_hash = params.digest()
-    inputs_key = _inputs_key(jobs, hashes, params_hash, kind_value, category)
+    stats_stems = _stats_stems(category, stats_from, shots)
+    inputs_key = _inputs_key(jobs, hashes, params_hash, kind_value, category, stats_stems)
     old = _read_old(folder)
     old_rows = {}
     if old is not None and not force and old.get("params_hash") == params_hash and old.get("kind") == kind_value:
@@ -822,7 +830,7 @@ def build_prior(
         result.written.extend(folder / name for name in summary_files)
         return result
 
-    defects_info, shapes = _defect_statistics(category, jobs, object_masks, params)
+    defects_info, shapes = _defect_statistics(jobs, object_masks, params, stats_stems, stats_from)
     total_masks = 0
     combined = np.zeros((params.location_size, params.location_size), dtype=np.float64)
     for name, info in defects_info.items():
@@ -889,8 +897,31 @@ def _finish_npy(path: Path) -> None:
     path.with_name(f".{path.name}.tmp.npy").replace(path)
 
 
-def _inputs_key(jobs: list[_Job], hashes: dict[Path, str], params_hash: str, kind: str, category: Category) -> str:
+def _stats_stems(category: Category, stats_from: str, shots: int | None) -> dict[str, list[str]]:
+    """Per defect type (safe name), the stems whose masks feed the statistics."""
+    from anogen.data.split import few_shot_split
+
+    if stats_from not in ("train", "all"):
+        raise InputError(f"stats_from must be train or all, not {stats_from!r}")
+    stems: dict[str, list[str]] = {}
+    for name, defect in category.defects.items():
+        if not defect.samples:
+            continue
+        samples = few_shot_split(defect, shots).train if stats_from == "train" else defect.samples
+        stems[safe_name(name)] = [safe_name(s.stem) for s in samples]
+    return stems
+
+
+def _inputs_key(
+    jobs: list[_Job],
+    hashes: dict[Path, str],
+    params_hash: str,
+    kind: str,
+    category: Category,
+    stats_stems: dict[str, list[str]],
+) -> str:
     digest = hashlib.sha256()
+    digest.update(json.dumps(stats_stems, sort_keys=True).encode())
     digest.update(f"{PRIOR_SCHEMA_VERSION}|{params_hash}|{kind}|{category.name}|{category.dataset_format}\n".encode())
     for job in jobs:
         mask = hashes.get(job.mask.path, "") if job.mask is not None else ""
@@ -937,7 +968,11 @@ def _remove_stale(folder: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
 
 
 def _defect_statistics(
-    category: Category, jobs: list[_Job], object_masks: dict[tuple[str, str], np.ndarray], params: PriorParams
+    jobs: list[_Job],
+    object_masks: dict[tuple[str, str], np.ndarray],
+    params: PriorParams,
+    stats_stems: dict[str, list[str]],
+    stats_from: str,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Per defect type: the location map (in the object's bounding box) and mask-shape statistics."""
     from scipy import ndimage
@@ -945,7 +980,7 @@ def _defect_statistics(
     size = params.location_size
     by_defect: dict[str, list[_Job]] = {}
     for job in jobs:
-        if job.defect is not None:
+        if job.defect is not None and job.stem in stats_stems.get(job.defect, ()):
             by_defect.setdefault(job.defect, []).append(job)
     infos: dict[str, dict[str, Any]] = {}
     shapes: dict[str, Any] = {}
@@ -997,9 +1032,11 @@ def _defect_statistics(
             "with_mask": with_mask,
             "location": f"location/{name}.npy",
             "location_png": f"location/{name}.png",
+            "stats_from": stats_from,
+            "stems": [job.stem for job in defect_jobs],
             "_heat": heat,
         }
-        shapes[name] = {"samples": len(defect_jobs), "with_mask": with_mask}
+        shapes[name] = {"samples": len(defect_jobs), "with_mask": with_mask, "stats_from": stats_from}
         shapes[name].update({key: _summary(values) for key, values in stats.items()})
     return infos, shapes
 

@@ -186,7 +186,7 @@ def _square_tree(root: Path, n_normals: int = 3) -> tuple[Path, np.ndarray, np.n
 
 def test_location_map_is_in_the_object_frame(tmp_path: Path) -> None:
     cat, obj, defect = _square_tree(tmp_path / "data")
-    build_prior(read_category_checked(cat, dataset_format="mvtec"), tmp_path / "prior")
+    build_prior(read_category_checked(cat, dataset_format="mvtec"), tmp_path / "prior", stats_from="all")
     folder = tmp_path / "prior" / "widget"
     heat = np.load(folder / "location" / "dent.npy")
     # The defect covers exactly the top-left quarter of the object's box, in every sample.
@@ -204,8 +204,20 @@ def test_location_map_is_in_the_object_frame(tmp_path: Path) -> None:
     assert shapes["fraction_on_object"]["min"] == pytest.approx(1.0, abs=0.02)
     assert shapes["center_x"]["median"] == pytest.approx(0.25)
     assert shapes["center_y"]["median"] == pytest.approx(0.25)
+    assert json.loads((folder / "prior.json").read_text())["defects"]["dent"]["stems"] == ["000", "001"]
     # The normals' object masks are the square itself, up to the rounded corners.
     assert _iou(load_mask(folder / "object" / "train" / "good" / "000.png"), obj) >= 0.98
+
+
+def test_statistics_use_only_the_few_shot_training_masks_by_default(toy_plain: Path, built_plain: Path) -> None:
+    """Held-out masks must not shape generation: by default only the first floor(N/3) masks are counted."""
+    record = json.loads((built_plain / "object" / "prior.json").read_text())
+    shapes = json.loads((built_plain / "object" / "shapes.json").read_text())["defects"]
+    for defect in ("stain", "scratch", "hole"):
+        assert record["defects"][defect]["stems"] == ["000"]  # 4 images -> 1 shot
+        assert record["defects"][defect]["stats_from"] == "train"
+        area = load_mask(toy_plain / "ground_truth" / defect / "000_mask.png").mean()
+        assert shapes[defect]["area_fraction"]["median"] == pytest.approx(area, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ textures
@@ -384,6 +396,21 @@ def test_cli_writes_and_reports_json(toy_plain: Path, tmp_path: Path) -> None:
     assert 0.1 < payload["median_object_fraction"] < 0.5
     res = runner.invoke(app, ["prior", str(toy_plain), "--out", str(tmp_path), "--json", "--quiet"])
     assert json.loads(res.stdout)["up_to_date"] is True
+
+
+def test_cli_shots_and_stats_from_choose_the_masks(tmp_path: Path) -> None:
+    cat, _, _ = _square_tree(tmp_path / "data")
+    runner = CliRunner()
+    res = runner.invoke(app, ["prior", str(cat), "--out", str(tmp_path / "a"), "--shots", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a" / "widget" / "prior.json").read_text())["defects"]["dent"]["stems"] == [
+        "000",
+        "001",
+    ]
+    res = runner.invoke(app, ["prior", str(cat), "--out", str(tmp_path / "b"), "--shots", "3"])
+    assert res.exit_code == 2 and "--shots" in res.output  # more shots than images: the split's own error
+    res = runner.invoke(app, ["prior", str(cat), "--out", str(tmp_path / "b"), "--stats-from", "test"])
+    assert res.exit_code == 2 and "--stats-from" in res.output
 
 
 def test_cli_dry_run_lists_files_and_writes_nothing(toy_plain: Path, tmp_path: Path) -> None:

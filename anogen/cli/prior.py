@@ -47,6 +47,17 @@ def prior(
         str | None,
         typer.Option("--threshold", help="Object threshold in background standard deviations, or 'otsu'."),
     ] = None,
+    stats_from: Annotated[
+        str,
+        typer.Option(
+            "--stats-from",
+            help="Defect masks that feed the location maps and shape statistics: train (the few-shot training "
+            "images, as `fit` splits them) | all (held-out masks too; not for generation you will evaluate).",
+        ),
+    ] = "train",
+    shots: Annotated[
+        int | None, typer.Option("--shots", min=1, help="Training images per defect type, as given to `fit --shots`.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute everything, ignoring cached results.")] = False,
     dry_run: DryRunOpt = False,
     json_output: JsonOpt = False,
@@ -59,6 +70,8 @@ def prior(
 
     if kind not in ("auto", "object", "texture"):
         raise InputError(f"--kind must be auto, object or texture, not {kind!r}")
+    if stats_from not in ("train", "all"):
+        raise InputError(f"--stats-from must be train or all, not {stats_from!r}")
     params = PriorParams()
     if threshold is not None:
         params = PriorParams(threshold=_parse_threshold(threshold))
@@ -80,6 +93,8 @@ def prior(
             preset_bcm=preset_bcm,
             force=force,
             dry_run=dry_run,
+            stats_from=stats_from,  # type: ignore[arg-type]
+            shots=shots,
             progress=progress,
         )
     for message in result.warnings:
