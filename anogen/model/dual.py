@@ -446,17 +446,32 @@ class DualAdapter(nn.Module):
             )
         # set_attn_processor empties the dict it is given, hence a fresh one
         unet.set_attn_processor({name: self.processor(layer) for name, layer in zip(names, layers, strict=True)})
-        self._installed_on.add(id(unet))
+        self._installed_on.add(id(getattr(unet, "_orig_mod", unet)))
 
     def uninstall(self, unet: UNet2DConditionModel) -> None:
         """Restore the stock processors (``AttnProcessor2_0``) on ``unet``."""
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         unet.set_attn_processor(AttnProcessor2_0())
-        self._installed_on.discard(id(unet))
+        self._installed_on.discard(id(getattr(unet, "_orig_mod", unet)))
 
     def is_installed(self, unet: UNet2DConditionModel) -> bool:
-        return id(unet) in self._installed_on
+        """Whether :meth:`install` put this adapter on ``unet`` (or on the module a ``torch.compile`` wraps)."""
+        return id(getattr(unet, "_orig_mod", unet)) in self._installed_on
+
+    def forward(
+        self,
+        unet: UNet2DConditionModel,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        background_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:func:`dual_forward` with this adapter, so that a ``DistributedDataParallel``-wrapped adapter (what
+        ``accelerator.prepare(adapter)`` returns) synchronises its gradients: call the wrapper, not dual_forward."""
+        return dual_forward(
+            unet, self, latents, timesteps, encoder_hidden_states, background_latents=background_latents
+        )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every weight of the adapter (fp32), text-encoder LoRA included."""

@@ -414,3 +414,24 @@ def test_half_precision_unet_with_fp32_adapter_weights(tiny_backbone):
     assert (out.float() - expected).abs().max() <= 0.01 * expected.abs().max()
     out.float().pow(2).mean().backward()
     assert all(p.dtype == torch.float32 and p.grad is not None for p in adapter.parameters())
+
+
+def test_adapter_forward_works_under_ddp(tiny_backbone, tmp_path):
+    """accelerate wraps the adapter in DistributedDataParallel: calling the wrapper must run the dual pass."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    latents, t, emb, background = _inputs(tiny_backbone, pairs=1)
+    unet, adapter = _dual(tiny_backbone, AdapterConfig(rank=2, bcm=True, saim_width=8))
+    _randomise(adapter, scale=0.1)
+    with torch.no_grad():
+        expected = dual_forward(unet, adapter, latents, t, emb, background_latents=background)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(adapter)
+        out = wrapped(unet, latents, t, emb, background_latents=background)
+        out.pow(2).mean().backward()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(out.detach(), expected)
+    assert all(p.grad is not None for p in adapter.parameters())
