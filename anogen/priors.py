@@ -527,7 +527,13 @@ class PriorResult:
         }
 
 
-def read_category_checked(path: str | Path, *, category: str | None = None, dataset_format: str = "auto") -> Category:
+def read_category_checked(
+    path: str | Path,
+    *,
+    category: str | None = None,
+    dataset_format: str = "auto",
+    progress: ProgressCallback | None = None,
+) -> Category:
     """Read a category with ``anogen.data.read_category`` and refuse one with errors (unreadable files...).
 
     Raises:
@@ -535,7 +541,7 @@ def read_category_checked(path: str | Path, *, category: str | None = None, data
     """
     from anogen.data import read_category
 
-    cat = read_category(path, category=category, dataset_format=dataset_format)
+    cat = read_category(path, category=category, dataset_format=dataset_format, progress=progress)
     errors = cat.errors
     if errors:
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -628,13 +634,18 @@ def _safe_split(split: str) -> str:
     return "/".join(safe_name(part) for part in Path(split).as_posix().split("/") if part not in ("", "."))
 
 
-def _split_of(category: Category, info: ImageInfo, fallback: str) -> str:
-    """The image's folder relative to the category root ("train/good"), or ``fallback`` outside the root."""
+def split_of(category: Category, info: ImageInfo, fallback: str) -> str:
+    """The split folder under which the prior files an image: its folder relative to the category root
+    (``train/good``, ``test/crack``), or ``fallback`` (``train/good``, ``test/good``, ``test/<defect>``) for an
+    image outside the root. Consumers pass it with the image's stem to :func:`object_mask_for`."""
     try:
         rel = info.path.parent.resolve().relative_to(category.root.resolve()).as_posix()
     except (ValueError, OSError):
         return fallback
     return _safe_split(rel) if rel not in ("", ".") else fallback
+
+
+_split_of = split_of  # the name anogen.train first imported
 
 
 def _source_rel(category: Category, path: Path) -> str:
@@ -661,11 +672,11 @@ def _jobs(category: Category) -> list[_Job]:
         ("test", category.test_normals, "test/good"),
     ):
         for info in infos:
-            jobs.append(_Job(role, _split_of(category, info, fallback), safe_name(info.path.stem), info))  # type: ignore[arg-type]
+            jobs.append(_Job(role, split_of(category, info, fallback), safe_name(info.path.stem), info))  # type: ignore[arg-type]
     for name in sorted(category.defects):
         defect = category.defects[name]
         for sample in defect.samples:
-            split = _split_of(category, sample.image, f"test/{safe_name(name)}")
+            split = split_of(category, sample.image, f"test/{safe_name(name)}")
             jobs.append(_Job("defect", split, safe_name(sample.stem), sample.image, safe_name(name), sample.mask))
     seen: dict[tuple[str, str], Path] = {}
     for job in jobs:

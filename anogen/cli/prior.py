@@ -82,9 +82,9 @@ def prior(
         preset_bcm = resolve(preset=preset, config_file=config).adapter.bcm
 
     output = make_output(quiet=quiet, json_mode=json_output)
-    cat = read_category_checked(data, category=category, dataset_format=dataset_format)
     requested: Literal["auto", "object", "texture"] = kind  # type: ignore[assignment]
     with output.progress() as progress:
+        cat = read_category_checked(data, category=category, dataset_format=dataset_format, progress=progress)
         result = build_prior(
             cat,
             out,
