@@ -93,6 +93,15 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in ("thumbs.db", "desktop.ini")
 
 
+def _entries(folder: Path, findings: Findings | None, defect: str | None = None) -> list[Path]:
+    try:
+        return sorted(folder.iterdir(), key=lambda p: natural_key(p.name))
+    except OSError as exc:
+        if findings is not None:
+            findings.error(folder, f"cannot list folder ({exc.strerror or exc})", defect)
+        return []
+
+
 def list_image_files(folder: Path, findings: Findings, defect: str | None = None) -> list[Path]:
     """The image files of ``folder`` in natural filename order.
 
@@ -100,7 +109,7 @@ def list_image_files(folder: Path, findings: Findings, defect: str | None = None
     two images with the same stem (``000.png`` and ``000.jpg``) are an error (masks pair by stem).
     """
     images: list[Path] = []
-    for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+    for entry in _entries(folder, findings, defect):
         if is_hidden(entry):
             logger.debug("ignoring hidden file %s", entry)
             continue
@@ -124,7 +133,7 @@ def list_image_files(folder: Path, findings: Findings, defect: str | None = None
 def sub_folders(folder: Path, findings: Findings | None = None) -> list[Path]:
     """Visible sub-folders in natural order; stray files beside them are reported and ignored."""
     folders = []
-    for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+    for entry in _entries(folder, findings):
         if is_hidden(entry):
             continue
         if entry.is_dir():

@@ -41,7 +41,7 @@ def is_root(folder: Path) -> bool:
 def objects_in_split_file(root: Path) -> list[str]:
     """Object names listed in ``root/split_csv/1cls.csv`` (empty if the file cannot be read)."""
     try:
-        with open(root / SPLIT_FILE, newline="", encoding="utf-8") as handle:
+        with open(root / SPLIT_FILE, newline="", encoding="utf-8-sig") as handle:
             return sorted({row.get("object", "") for row in csv.DictReader(handle)} - {""})
     except (OSError, csv.Error, UnicodeDecodeError):
         return []
@@ -81,7 +81,7 @@ def _read_raw(folder: Path, progress: ProgressCallback | None) -> Category:
 def _read_split_file(root: Path, name: str, progress: ProgressCallback | None) -> Category:
     split_file = root / SPLIT_FILE
     try:
-        with open(split_file, newline="", encoding="utf-8") as handle:
+        with open(split_file, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:

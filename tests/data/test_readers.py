@@ -250,3 +250,26 @@ def test_progress_counts_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     read_category(folder, progress=events.append)
     assert [e.completed for e in events] == [2, 4, 6, 8, 10]
     assert {e.task for e in events} == {"reading images"}
+
+
+def test_unlistable_folder_is_an_error_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_mvtec(tmp_path, "bottle", {"crack": 2})
+    locked = folder / "test" / "crack"
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):
+        if self == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    category = read_category(folder)
+    assert any(p.path == locked and "cannot list folder (Permission denied)" in p.message for p in category.errors)
+
+
+def test_visa_split_file_with_byte_order_mark(tmp_path: Path) -> None:
+    root = write_visa(tmp_path, objects=("cashew",))
+    split_file = root / "split_csv" / "1cls.csv"
+    split_file.write_bytes(b"\xef\xbb\xbf" + split_file.read_bytes())
+    category = read_category(root, category="cashew")
+    assert category.problems == [] and len(category.defects["anomaly"].samples) == 3
