@@ -19,9 +19,11 @@ from anogen.cli import env as env_cmd
 from anogen.cli import eval as eval_cmd
 from anogen.cli import export as export_cmd
 from anogen.cli import fit as fit_cmd
+from anogen.cli import mask as mask_cmd
 from anogen.cli import presets as presets_cmd
 from anogen.cli import prior as prior_cmd
 from anogen.cli import report as report_cmd
+from anogen.cli import synth as synth_cmd
 from anogen.cli import toy as toy_cmd
 from anogen.cli._output import Output
 from anogen.errors import AnogenError
@@ -102,6 +104,8 @@ app.command("export", epilog=export_cmd.EPILOG)(export_cmd.export_command)
 app.command("fit", epilog=fit_cmd.EPILOG)(fit_cmd.fit_command)
 app.command("report", epilog=report_cmd.EPILOG)(report_cmd.report_command)
 app.command("prior", epilog=prior_cmd.EPILOG)(prior_cmd.prior)
+app.command("synth", epilog=synth_cmd.EPILOG)(synth_cmd.synth_command)
+app.command("mask", epilog=mask_cmd.EPILOG)(mask_cmd.mask_command)
 
 
 def main() -> None:

@@ -1,0 +1,167 @@
+"""Generate N accepted (image, part, mask) triples per defect type from fitted adapters.
+
+Writes ``OUT/<category>/<defect>/{image,part,mask}/NNNNNN.png``, ``manifest.jsonl`` and ``run.json``. Rerunning the
+same command resumes (or tops up after ``anogen mask``); under ``accelerate launch`` processes share the work.
+See docs/synth.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from anogen.cli._common import ConfigOpt, DryRunOpt, JsonOpt, PresetOpt, QuietOpt, SeedOpt, epilog, make_output
+from anogen.errors import InputError
+
+EPILOG = epilog(
+    "anogen synth runs --count 200 --out synth",
+    "anogen synth runs/bottle/crack --count 50 --out synth --batch-size 8 --seed 1",
+    "anogen synth runs --count 100 --out synth --sampler pndm --steps 100 --guidance 2.5   # the reference setting",
+    "anogen synth runs --count 1000 --out synth --dry-run",
+    "accelerate launch --num_processes 4 -m anogen synth runs --count 1000 --out synth",
+)
+
+ThresholdOpt = Annotated[
+    str | None,
+    typer.Option("--threshold", help="Mask threshold: distance from grey on a 0-1 scale (e.g. 0.12), or otsu."),
+]
+OnObjectOpt = Annotated[
+    bool, typer.Option("--on-object-only", help="Reject masks lying mostly off the object (needs a prior).")
+]
+
+
+def parse_threshold(value: str | None) -> float | str | None:
+    """``"otsu"`` or a number in [0, 1]; ``None`` when the flag was not given."""
+    if value is None:
+        return None
+    if value.strip().lower() == "otsu":
+        return "otsu"
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"--threshold takes a number in [0, 1] or otsu (got {value!r})") from None
+    if not 0.0 <= number <= 1.0:
+        raise InputError(f"--threshold must lie in [0, 1] (distance from grey), got {number}")
+    return number
+
+
+def synth_command(
+    runs: Annotated[Path, typer.Argument(help="Fit output: the root, a category folder or a defect folder.")],
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Accepted samples per defect type.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output root: OUT/<category>/<defect>/.")] = Path("synth"),
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="(whole, part) pairs per batch.")] = None,
+    seed: SeedOpt = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps.")] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="dpmsolver++ | ddim | euler | pndm.")
+    ] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", help="Attempts per defect type at most (default 4 x count).")
+    ] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option("--mixed-precision", help="no | fp16 | bf16 (GPU only; ignored on CPU).")
+    ] = None,
+    threshold: ThresholdOpt = None,
+    on_object_only: OnObjectOpt = False,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")] = None,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate COUNT accepted (image, part, mask) triples per defect type; resumable, deterministic by seed."""
+    from anogen import sample as sample_lib
+    from anogen.config import resolve
+
+    out_ = make_output(quiet=quiet, json_mode=json_output)
+    overrides: dict[str, dict[str, Any]] = {
+        "sample": {
+            "count": count,
+            "batch_size": batch_size,
+            "seed": seed,
+            "steps": steps,
+            "sampler": sampler,
+            "guidance": guidance,
+            "max_attempts": max_attempts,
+            "mixed_precision": mixed_precision,
+        },
+        "mask": {"threshold": parse_threshold(threshold), "on_object_only": True if on_object_only else None},
+    }
+    sample_cfg = mask_cfg = None
+    if preset is not None or config is not None:
+        resolved = resolve(preset, config, overrides)
+        sample_cfg, mask_cfg = resolved.sample, resolved.mask
+    main_process = os.environ.get("RANK", "0") == "0"
+    if dry_run:
+        jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides)
+        entries = sample_lib.plan(jobs)
+        if main_process:
+            _print_plan(out_, entries)
+        return
+    with out_.progress() as display:
+        summary = sample_lib.synthesize(
+            runs, out, sample_cfg, mask_cfg, overrides=overrides, progress=display, device=device
+        )
+    if not main_process:
+        return
+    out_.emit_json(summary.to_dict())
+    _print_summary(out_, summary)
+    if summary.exhausted:
+        short = [f"{d.category}/{d.defect} ({d.accepted}/{d.count})" for d in summary.defects if d.exhausted]
+        out_.error(
+            escape(f"max attempts reached before count for {', '.join(short)}; results are kept"),
+            hint="rerun with a larger --max-attempts to continue, or loosen the mask settings (`anogen mask`)",
+        )
+        raise typer.Exit(1)
+
+
+def _print_plan(out: Any, entries: list[dict[str, Any]]) -> None:
+    out.emit_json({"dry_run": True, "plan": entries})
+    table = Table("category/defect", "have", "count", "to generate", "sampler", "est. time", "est. disk", "out")
+    for e in entries:
+        table.add_row(
+            escape(f"{e['category']}/{e['defect']}"),
+            str(e["accepted"]),
+            str(e["count"]),
+            f"{e['to_generate']} (max {e['max_attempts']})",
+            f"{e['sampler']} x{e['steps']}, g {e['guidance']}",
+            f"{_duration(e['estimated_s'])} ({e['estimate_basis']})",
+            f"{e['estimated_disk_mb']:.1f} MB",
+            escape(e["out"]),
+        )
+    out.table(table)
+    total_s = sum(e["estimated_s"] for e in entries)
+    total_mb = sum(e["estimated_disk_mb"] for e in entries)
+    out.result(f"total: about {_duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _print_summary(out: Any, summary: Any) -> None:
+    table = Table("category/defect", "accepted", "rejected", "attempts", "mean mask area", "time", "samples/s")
+    for d in summary.defects:
+        rejected = ", ".join(f"{k} {v}" for k, v in d.rejected.items()) or "0"
+        area = f"{d.mean_mask_area:.3f}" if d.mean_mask_area is not None else "-"
+        table.add_row(
+            escape(f"{d.category}/{d.defect}"),
+            f"{d.accepted}/{d.count}",
+            rejected,
+            str(d.attempts),
+            area,
+            _duration(d.elapsed_s),
+            f"{d.samples_per_s:.2f}",
+        )
+    out.table(table)
