@@ -474,11 +474,24 @@ class DualAdapter(nn.Module):
         )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Every weight of the adapter (fp32), text-encoder LoRA included."""
-        return [p for p in self.parameters() if p.requires_grad]
+        """Every weight of the adapter (fp32), text-encoder LoRA included: all of them are trained.
+
+        Raises:
+            ValueError: some weight was frozen, typically by ``unet.requires_grad_(False)`` *after* ``install``
+                (installed processors are submodules of the UNet); freeze the UNet before installing.
+        """
+        params = list(self.parameters())
+        frozen = [name for name, p in self.named_parameters() if not p.requires_grad]
+        if frozen:
+            raise ValueError(
+                f"{len(frozen)} adapter weights are frozen (e.g. {frozen[0]}): freeze the UNet before install(), "
+                "or call adapter.requires_grad_(True)"
+            )
+        return params
 
     def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
+        """The number of adapter weights (all trainable)."""
+        return sum(p.numel() for p in self.parameters())
 
     # -- the stable key scheme of adapter.safetensors (documented in docs/method.md)
 

@@ -91,6 +91,9 @@ def test_one_processor_per_attention_module_sized_from_the_module(tiny_backbone)
         assert (proc.bcm is not None) == layer.endswith("attn1")
     assert all(p.dtype == torch.float32 and p.requires_grad for p in adapter.trainable_parameters())
     assert adapter.num_trainable() == sum(p.numel() for p in adapter.parameters())
+    unet.requires_grad_(False)  # freezing after install reaches the adapter's weights: refused, not silent
+    with pytest.raises(ValueError, match="frozen"):
+        adapter.trainable_parameters()
 
 
 def test_seeded_init_is_deterministic_and_leaves_the_global_rng_alone(tiny_backbone):
