@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from anogen import __version__
 from anogen.cli import data as data_cmd
+from anogen.cli import demo as demo_cmd
 from anogen.cli import env as env_cmd
 from anogen.cli import eval as eval_cmd
 from anogen.cli import export as export_cmd
@@ -96,6 +97,7 @@ def _root(
 
 
 app.command("env", help=env_cmd.__doc__, epilog=env_cmd.EPILOG)(env_cmd.env)
+app.command("demo", epilog=demo_cmd.EPILOG)(demo_cmd.demo)
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(toy_cmd.app, name="toy")
 app.add_typer(data_cmd.app, name="data")
