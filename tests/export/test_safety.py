@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_mvtec, make_synth, read_rows
+from PIL import Image
 
 import anogen.export.common as common
 from anogen.errors import InputError
@@ -164,6 +165,11 @@ def test_interrupted_export_resumes_to_the_clean_result(
         export([world["synth"]], ExportConfig(format=fmt, out=out, data=world["data"], include_real_test=True))
     assert not (out / "export.json").exists()
     assert common.dir_state(out) == "partial"
+    finished = [p for p in out.rglob("*.png") if not p.name.startswith(".")]
+    assert len(finished) == 5
+    for path in finished:  # every file at a final path is complete
+        with Image.open(path) as img:
+            img.load()
     monkeypatch.setattr(common, "write_planned", real_write)
 
     result = export([world["synth"]], ExportConfig(format=fmt, out=out, data=world["data"], include_real_test=True))
