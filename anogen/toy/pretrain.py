@@ -366,6 +366,45 @@ def save_grid(rows: list[np.ndarray], path: Path, scale: int = 2) -> None:
     save_png_atomic(path, img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST))
 
 
+# ---------------------------------------------------------------------------------------------- measures
+
+
+def _features(images: np.ndarray, cells: int = 16) -> np.ndarray:
+    """Images as vectors of their cells x cells block means (RGB, 0-255): fine texture noise averages out."""
+    n, h, w, c = images.shape
+    blocks = images.astype(np.float64).reshape(n, cells, h // cells, cells, w // cells, c).mean(axis=(2, 4))
+    return blocks.reshape(n, -1)
+
+
+def nn_distance(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per query image: RMS distance (0-255 scale) to its nearest reference image, on 16x16 block means."""
+    q, r = _features(queries), _features(reference)
+    d2 = (q**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * q @ r.T
+    return np.sqrt(np.maximum(d2.min(axis=1), 0) / q.shape[1])
+
+
+def normal_spread(kind: str, seed: int = 4242, n_reference: int = 64, n_query: int = 32) -> tuple[np.ndarray, float]:
+    """Reference toy normals of a kind and the spread among them: the 95th percentile of real NN distances.
+
+    Returns:
+        (reference images, spread): a sample within ``margin * spread`` of the reference looks as close to the
+        toy normals as real normals do (``margin`` is the caller's stated tolerance).
+    """
+    reference = np.stack([normal_image(kind, seed, i, split="reference")[0] for i in range(n_reference)])
+    queries = np.stack([normal_image(kind, seed, i, split="query")[0] for i in range(n_query)])
+    return reference, float(np.percentile(nn_distance(queries, reference), 95))
+
+
+def grey_fraction(images: np.ndarray, tolerance: int = 12) -> np.ndarray:
+    """Per image: the fraction of pixels whose every channel is within ``tolerance`` of neutral grey (128)."""
+    return (np.abs(images.astype(np.int16) - 128).max(axis=-1) <= tolerance).mean(axis=(1, 2))
+
+
+def mark_fraction(images: np.ndarray, distance: int = 40) -> np.ndarray:
+    """Per image: the fraction of pixels at least ``distance`` away from neutral grey in some channel."""
+    return (np.abs(images.astype(np.int16) - 128).max(axis=-1) >= distance).mean(axis=(1, 2))
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
