@@ -280,6 +280,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter.safetensors"))
 
 
+@pytest.mark.slow  # four launches, ~1 min on 2 busy cores
 def test_two_processes_data_parallel_and_per_defect(tmp_path):
     """Data parallel (2 x batch 1) matches one process with batch 2; per-defect mode matches sequential runs."""
     data = write_toy_category(tmp_path / "data", defects=("hole", "stain"))
@@ -292,11 +293,16 @@ def test_two_processes_data_parallel_and_per_defect(tmp_path):
     one = _weights(tmp_path / "one" / "widget" / "stain")
     dp = _weights(tmp_path / "dp" / "widget" / "stain")
     assert one.keys() == dp.keys()
-    # Gradients summed over processes instead of averaged in one batch differ in the last float bits only.
+    # The same global batch: the logged losses (means over both pairs) agree to float rounding.
+    losses = [[r["loss"] for r in _log(tmp_path / d / "widget" / "stain")] for d in ("one", "dp")]
+    assert np.allclose(losses[0], losses[1], rtol=1e-5, atol=0), losses
+    # Weights: gradients all-reduced over processes differ from one batch's in the last float bits, and Adam
+    # turns bit noise on near-zero gradients into steps of up to lr; 3 steps at lr 1e-3 move a weight by up to
+    # 3e-3, a different batch moves it by ~1e-3. Tolerance: 1e-4.
     worst = max((one[k] - dp[k]).abs().max().item() for k in one)
-    assert worst < 1e-5, worst
+    assert worst < 1e-4, worst
     moved = max(one[k].abs().max().item() for k in one if k.endswith(".up"))
-    assert moved > 1e-4  # the comparison is not between two untrained adapters
+    assert moved > 1e-3  # the comparison is not between two untrained adapters
 
     _launch([*common, "--out", str(tmp_path / "seq")], tmp_path, 1)
     _launch([*common, "--parallel", "defects", "--out", str(tmp_path / "pd")], tmp_path, 2)
