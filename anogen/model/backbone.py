@@ -187,7 +187,9 @@ def build_tiny(seed: int = 0, resolution: int = 32) -> Backbone:
         text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
     finally:
         torch.random.set_rng_state(generator_state)
-    tokenizer = build_char_tokenizer(tempfile.mkdtemp(prefix="anogen-tok-"))
+    # The tokenizer reads its vocabulary once at construction, so its files need not outlive this call.
+    with tempfile.TemporaryDirectory(prefix="anogen-tok-") as folder:
+        tokenizer = build_char_tokenizer(folder)
     backbone = Backbone(
         unet=unet,
         vae=vae,
