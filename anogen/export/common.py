@@ -275,12 +275,18 @@ def load_real_category(data: Path, category: str, data_format: str = "auto") -> 
     whatever its folder name.
     """
     from anogen.data import read_category
-    from anogen.data import visa as visa_reader
 
     data = Path(data)
-    in_split_file = visa_reader.is_root(data) and category in visa_reader.objects_in_split_file(data)
-    named = (data / category).is_dir() or in_split_file
+    named = _holds_category(data, category)
     return read_category(data, category=category if named else None, dataset_format=data_format)
+
+
+def _holds_category(data: Path, category: str) -> bool:
+    """Whether ``data`` is a data set root holding ``category`` (rather than a category folder itself)."""
+    from anogen.data import visa as visa_reader
+
+    in_split_file = visa_reader.is_root(data) and category in visa_reader.objects_in_split_file(data)
+    return (data / category).is_dir() or in_split_file
 
 
 # ------------------------------------------------------------------------------------- source items
@@ -373,7 +379,14 @@ def collect_items(sets: Sequence[SynthSet], config: ExportConfig) -> list[Catego
             raise InputError(f"categories {used_names[name]!r} and {source_name!r} both become folder {name!r}")
         used_names[name] = source_name
         data_info = cat_sets[0].data_info
-        real = load_real_category(config.data, source_name, config.data_format) if config.data else None
+        real = None
+        if config.data is not None:
+            if len(grouped) > 1 and not _holds_category(Path(config.data), source_name):
+                raise InputError(
+                    f"the synth folders hold {len(grouped)} categories but --data {config.data} is one category folder",
+                    hint="pass --category NAME, or --data the data set root that holds every category",
+                )
+            real = load_real_category(config.data, source_name, config.data_format)
         if real is not None and real.errors:
             raise DataError(f"{config.data}: {real.errors[0]}", hint="run `anogen data check` on it")
         dataset_format = (real.dataset_format if real is not None else None) or data_info.get("format") or "folder"
@@ -394,7 +407,7 @@ def collect_items(sets: Sequence[SynthSet], config: ExportConfig) -> list[Catego
             name=name,
             source_name=source_name,
             dataset_format=str(dataset_format),
-            data_root=str(Path(config.data).resolve()) if config.data else data_info.get("root"),
+            data_root=str(Path(real.root).resolve()) if real is not None else data_info.get("root"),
             target_size=target,
             grayscale=grayscale,
             synth_sets=list(cat_sets),

@@ -207,3 +207,38 @@ def test_split_read_from_adapter_json(tmp_path: Path) -> None:
         and r["label"] == "anomaly"
     )
     assert real == ["003.png", "004.png", "005.png"]
+
+
+def test_data_root_with_several_categories(tmp_path: Path) -> None:
+    """--data may be the data set root: each synth category reads its own real category from it."""
+    from helpers import make_mvtec, make_synth
+
+    from anogen.errors import InputError
+
+    make_mvtec(tmp_path / "data", category="widget", size=40)
+    make_mvtec(tmp_path / "data", category="gadget", size=48, grayscale=True)
+    make_synth(tmp_path / "synth", category="widget")
+    make_synth(tmp_path / "synth", category="gadget")
+    out = tmp_path / "out"
+    export([tmp_path / "synth"], ExportConfig(format="mvtec", out=out, data=tmp_path / "data"))
+    widget = anomalib_style_read(out, "widget")
+    gadget = anomalib_style_read(out, "gadget")
+    assert Image.open(widget["test/crack"][0][0]).size == (40, 40)
+    with Image.open(gadget["test/crack"][0][0]) as img:
+        assert img.size == (48, 48) and img.mode == "L"
+    record = json.loads((out / "export.json").read_text())
+    assert {c["name"]: Path(c["data_root"]).name for c in record["categories"]} == {
+        "gadget": "gadget",
+        "widget": "widget",
+    }
+    # One category folder for two synth categories would pair gadget samples with widget normals: refused.
+    with pytest.raises(InputError, match="is one category folder"):
+        export(
+            [tmp_path / "synth"], ExportConfig(format="mvtec", out=tmp_path / "o2", data=tmp_path / "data" / "widget")
+        )
+    only = tmp_path / "o3"
+    export(
+        [tmp_path / "synth"],
+        ExportConfig(format="mvtec", out=only, data=tmp_path / "data" / "widget", category="widget"),
+    )
+    assert [p.name for p in only.iterdir() if p.is_dir()] == ["widget"]
