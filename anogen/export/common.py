@@ -571,6 +571,7 @@ def plan_pair(
     split: str = "test",
     label: str = "anomaly",
 ) -> list[PlannedFile]:
+    """The image and mask entries of one anomalous item; the mask gets its image's output size."""
     size = image_target(item.image, cat.target_size)
     mode = "L" if cat.grayscale else "RGB"
     common = {
@@ -586,6 +587,7 @@ def plan_pair(
 
 
 def plan_normal(item: NormalItem, rel: str, cat: CategoryItems, *, split: str) -> PlannedFile:
+    """The entry of one real normal image."""
     size = image_target(item.image, cat.target_size)
     mode = "L" if cat.grayscale else "RGB"
     return PlannedFile(
