@@ -39,7 +39,7 @@ from PIL import Image
 
 from anogen.config import MaskConfig, SampleConfig, resolve
 from anogen.errors import CompatibilityError, InputError
-from anogen.io import load_mask, load_rgb, natural_key, safe_name, save_png_atomic, write_json_atomic
+from anogen.io import load_mask, load_rgb, safe_name, save_png_atomic, write_json_atomic
 from anogen.manifest import (
     MANIFEST,
     SUBDIRS,
@@ -248,52 +248,43 @@ class References:
         return self.object_masks[sample_id % len(self.object_masks)]
 
 
-def _prior_category_dir(record: Mapping[str, Any]) -> Path | None:
-    prior = record.get("prior")
-    if not prior:
-        return None
-    root = Path(str(prior))
-    category = str(record.get("category", ""))
-    for candidate in (root, root / safe_name(category), root / category):
-        if (candidate / "background").is_dir() or (candidate / "object").is_dir():
-            return candidate
-    return None
-
-
 def load_references(record: Mapping[str, Any], *, need_backgrounds: bool, need_objects: bool) -> References:
-    """Backgrounds (``background/<split>/<stem>.png``) and object masks (``object/<split>/<stem>.png``) from the
-    adapter's prior folder (adapter.json ``prior``: the prior output root or its category folder).
+    """The category's normal training images from the adapter's prior (adapter.json ``prior``), in the order
+    :func:`anogen.priors.background_paths` gives (synth cycles them by attempt id): their backgrounds I_b for BCM
+    and their object masks for ``on_object_only``.
 
-    The ``train`` split is used when present (normal training images), else every split; sorted naturally.
+    A texture category has neither: BCM is then an error, the object check is skipped (with a warning).
     """
-    folder = _prior_category_dir(record)
-    if folder is None:
-        if need_backgrounds or need_objects:
-            what = "BCM backgrounds" if need_backgrounds else "object masks (--on-object-only)"
-            raise InputError(
-                f"{what} need the prior of category {record.get('category')!r}, and adapter.json records none "
-                f"(prior: {record.get('prior')!r})",
-                hint="run `anogen prior DATA` and fit with it, or drop --on-object-only",
-            )
+    category = str(record.get("category", ""))
+    prior = record.get("prior")
+    if not (need_backgrounds or need_objects):
         return References([], [], [], None)
-    kind = "background" if need_backgrounds else "object"
-    base = folder / kind
-    split_dir = base / "train" if (base / "train").is_dir() else base
-    paths = sorted(split_dir.rglob("*.png"), key=lambda p: natural_key(p.relative_to(base).as_posix()))
+    what = "BCM backgrounds" if need_backgrounds else "object masks (--on-object-only)"
+    if not prior:
+        raise InputError(
+            f"{what} come from the prior of category {category!r}, and its adapter.json records none",
+            hint="run `anogen prior DATA`, fit with --prior, or drop --on-object-only",
+        )
+    from anogen.priors import background_paths, load_prior
+
+    prior_record = load_prior(str(prior), category)
+    paths = background_paths(str(prior), category)
     if not paths:
-        raise InputError(f"no {kind} images under {base}", hint="rerun `anogen prior`")
+        if need_backgrounds:
+            raise InputError(f"the prior in {prior_record.folder} has no backgrounds ({prior_record.kind} category)")
+        logger.warning("%s: a %s category has no object masks; --on-object-only is skipped", category,
+                       prior_record.kind)
+        return References([], [], [], prior_record.folder)
+    by_background = {prior_record.folder / r.background: r for r in prior_record.images if r.background}
     stems, backgrounds, objects = [], [], []
     for path in paths:
-        rel = path.relative_to(base)
-        stems.append(rel.with_suffix("").as_posix())
+        row = by_background[path]
+        stems.append(f"{row.split}/{row.stem}")
         if need_backgrounds:
             backgrounds.append(np.asarray(load_rgb(path)))
-        obj_path = folder / "object" / rel
         if need_objects:
-            if not obj_path.is_file():
-                raise InputError(f"object mask {obj_path} is missing", hint="rerun `anogen prior`")
-            objects.append(load_mask(obj_path))
-    return References(stems, backgrounds, objects, folder)
+            objects.append(load_mask(prior_record.folder / row.object) if row.object else None)
+    return References(stems, backgrounds, objects, prior_record.folder)
 
 
 # ----------------------------------------------------------------------------------------------- planning

@@ -109,7 +109,8 @@ def test_fresh_adapter_branches_equal_stock_pipeline(backbone, coupling, bcm, sa
     pipe.set_progress_bar_config(disable=True)
     for k, seed in enumerate(seeds):
         # the documented noise of attempt k: one (2, C, h, w) draw, row 0 whole, row 1 part
-        noise = torch.randn((2, backbone.latent_channels, side, side), generator=torch.Generator("cpu").manual_seed(seed))
+        gen = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((2, backbone.latent_channels, side, side), generator=gen)
         for branch, prompt, got in ((0, WHOLE, images[k]), (1, PART, parts[k])):
             ref = pipe(
                 prompt, negative_prompt="", num_inference_steps=steps, guidance_scale=2.5,
@@ -287,3 +288,72 @@ def test_mask_config_from_adapter_record(backbone, tmp_path):
     assert run["mask"]["threshold"] == 0.9 and run["sample"]["steps"] == 3
     assert summary.defects[0].attempts >= 1
     assert MaskConfig(**run["mask"]).threshold == 0.9
+
+
+def object_region(size: int = 32) -> np.ndarray:
+    obj = np.zeros((size, size), dtype=bool)
+    obj[:, : size // 2] = True  # the left half
+    return obj
+
+
+def write_prior(root: Path, category: str = "bottle", n: int = 2, size: int = 32) -> Path:
+    """A hand-written prior (``anogen prior`` layout): n normal training images, object = the left half."""
+    from PIL import Image
+
+    folder = root / category
+    rows = []
+    obj = object_region(size)
+    for k in range(n):
+        stem = f"{k:03d}"
+        (folder / "object" / "train").mkdir(parents=True, exist_ok=True)
+        (folder / "background" / "train").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.where(obj, 255, 0).astype(np.uint8)).save(folder / "object" / "train" / f"{stem}.png")
+        bg = np.full((size, size, 3), 60 + 40 * k, dtype=np.uint8)
+        bg[obj] = 0  # the object blacked out
+        Image.fromarray(bg).save(folder / "background" / "train" / f"{stem}.png")
+        rows.append({"role": "train", "split": "train", "stem": stem, "source": f"train/good/{stem}.png",
+                     "sha256": "0", "object": f"object/train/{stem}.png", "background": f"background/train/{stem}.png"})
+    (folder / "prior.json").write_text(json.dumps({"schema_version": 1, "kind": "object", "category": category,
+                                                   "images": rows}))
+    return root
+
+
+def test_bcm_and_on_object_only(backbone, tmp_path):
+    """A BCM adapter samples with backgrounds cycled by id; off-object masks are rejected by the object mask."""
+    prior = write_prior(tmp_path / "prior")
+    adapter = DualAdapter.from_backbone(backbone, AdapterConfig(rank=4, bcm=True), seed=3)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if name.endswith(".up") or name.endswith("gate") or "bcm" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    record = {"category": "bottle", "defect": "crack", "prior": str(prior), "seed": 0,
+              "backbone": {"source": "tiny", "content_hash": backbone.content_hash},
+              "config": {"sample": {"steps": 2}, "mask": {"threshold": "otsu", "max_area_fraction": 0.9}}}
+    save_adapter(adapter, tmp_path / "runs" / "bottle" / "crack", record)
+    out = tmp_path / "out"
+    summary = synthesize(tmp_path / "runs", out, overrides={"sample": {"count": 3, "max_attempts": 6},
+                                                             "mask": {"on_object_only": True}})
+    folder = out / "bottle" / "crack"
+    rows = read_rows(folder / "manifest.jsonl")
+    assert [r["reference"] for r in rows] == [f"train/{i % 2:03d}" for i in range(len(rows))]
+    obj = object_region()
+    from anogen.io import load_mask
+
+    verdicts = []
+    for r in rows:  # the verdict agrees with the share of each written mask on the object
+        mask = load_mask(folder / r["mask"])
+        if r["reason"] in ("empty_mask", "mask_too_large"):
+            continue
+        on = (mask & obj).sum() / mask.sum()
+        assert (r["reason"] == "off_object") == (on < 0.5), (r, on)
+        verdicts.append(r["reason"])
+    assert "off_object" in verdicts and None in verdicts  # both cases were exercised
+    assert summary.defects[0].attempts == len(rows)
+    # the backgrounds reach the model: other backgrounds, same seed -> other images (the trained gate is not 0)
+    side = 16
+    bgs = torch.randn((2, 4, side, side), generator=torch.Generator().manual_seed(1))
+    cfg = SampleConfig(steps=2)
+    a, _ = sample_pairs(backbone, adapter, record, [9], cfg, background_latents=bgs[:1], output_type="float")
+    b, _ = sample_pairs(backbone, adapter, record, [9], cfg, background_latents=bgs[1:], output_type="float")
+    assert np.abs(a - b).max() > 1e-3
