@@ -425,6 +425,30 @@ def _check_resume(checkpoint: Path, key: dict[str, Any], *, check_backbone_hash:
     return state
 
 
+def _check_record(adapter_json: Path, key: dict[str, Any]) -> int:
+    """Steps done by a finished adapter, after checking that ``adapter.json`` was made with this config."""
+    try:
+        record = json.loads(adapter_json.read_text(encoding="utf-8"))
+        config = record["config"]
+        old = {
+            "adapter": config["adapter"],
+            "train": {k: v for k, v in config["train"].items() if k not in RESUMABLE_TRAIN_FIELDS},
+            "backbone": {"id": config["backbone"]["id"], "seed": config["backbone"]["seed"]},
+            "split": record["split"]["train"],
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CompatibilityError(f"{adapter_json}: not an adapter record this anogen can resume ({exc})") from exc
+    new = {**key, "backbone": {k: key["backbone"][k] for k in ("id", "seed")}}
+    new.pop("data_parallel_processes", None)
+    diff = _diff_keys(old, new)
+    if diff:
+        raise CompatibilityError(
+            f"cannot resume {adapter_json.parent}: its adapter was made with another config or backbone ({diff})",
+            hint="rerun with the original settings, or start over in another --out folder (without --resume)",
+        )
+    return int(record.get("steps_done", 0))
+
+
 def _existing_state(folder: Path, key: dict[str, Any], resume: bool, steps: int) -> tuple[int | None, bool]:
     """(step to resume from, already complete) for one adapter folder; refuses to silently overwrite a fit."""
     checkpoints = _checkpoints(folder)
@@ -436,19 +460,21 @@ def _existing_state(folder: Path, key: dict[str, Any], resume: bool, steps: int)
                 hint="pass --resume to continue it, or choose another --out",
             )
         return None, False
-    if adapter_json.is_file() and checkpoints:
-        state = _check_resume(checkpoints[-1], key, check_backbone_hash=False)
-        if int(state["step"]) >= steps:
-            return int(state["step"]), True
+    done = _check_record(adapter_json, key) if adapter_json.is_file() else None
+    if done is not None and done >= steps:
+        return done, True
     if not checkpoints:
-        if adapter_json.is_file():
+        if done is not None:
             raise CompatibilityError(
-                f"{folder} holds a finished adapter but no checkpoint to resume from",
-                hint="choose another --out to train again",
+                f"{folder} holds an adapter of {done} steps but no checkpoint to continue it from",
+                hint="train again in another --out (with --checkpoint-every above 0)",
             )
         return None, False
     state = _check_resume(checkpoints[-1], key, check_backbone_hash=False)
-    return int(state["step"]), False
+    step = int(state["step"])
+    if step > steps:
+        raise InputError(f"{checkpoints[-1]} is already past --steps {steps}", hint=f"pass --steps {step} or more")
+    return step, False
 
 
 def plan_fit(

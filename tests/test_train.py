@@ -308,3 +308,49 @@ def test_two_processes_data_parallel_and_per_defect(tmp_path):
     _launch([*common, "--parallel", "defects", "--out", str(tmp_path / "pd")], tmp_path, 2)
     for defect in ("hole", "stain"):
         assert _content(tmp_path / "seq" / "widget" / defect) == _content(tmp_path / "pd" / "widget" / defect)
+
+
+def test_gradient_checkpointing_bf16_and_text_encoder_lora_train(category, tiny_backbone, tmp_path):
+    base = small_config(steps=3)
+    [plain] = fit(category, base, tmp_path / "plain", backbone=tiny_backbone)
+    [ckpt] = fit(category, small_config(steps=3, gradient_checkpointing=True), tmp_path / "ckpt",
+                 backbone=tiny_backbone)
+    # Recomputing activations in the backward pass changes nothing but memory.
+    assert np.allclose([r["loss"] for r in _log(plain.folder)], [r["loss"] for r in _log(ckpt.folder)], rtol=1e-5)
+    assert not tiny_backbone.unet.is_gradient_checkpointing  # restored after the fit
+
+    [half] = fit(category, small_config(steps=2, mixed_precision="bf16"), tmp_path / "bf16", backbone=tiny_backbone)
+    assert all(np.isfinite(r["loss"]) for r in _log(half.folder))
+    assert next(tiny_backbone.unet.parameters()).dtype == torch.float32  # a passed-in backbone is given back
+    assert all(p.dtype == torch.float32 for p in half.adapter.trainable_parameters())
+    # bf16 autocast computes the same step as fp32 to bf16 precision
+    assert abs(_log(half.folder)[0]["loss"] - _log(plain.folder)[0]["loss"]) < 0.05
+
+    te = resolve(None, None, {"backbone": {"id": "tiny"}, "adapter": {"rank": 4, "bcm": False,
+                              "text_encoder_lora": True, "text_encoder_rank": 2},
+                              "train": {"resolution": SIZE, "steps": 3, "learning_rate": 1e-2, "checkpoint_every": 0}})
+    [with_te] = fit(category, te, tmp_path / "te", backbone=tiny_backbone)
+    moved = [p for n, p in with_te.adapter.text_encoder_lora.named_parameters() if "lora_B" in n]
+    assert moved and any(p.abs().max() > 0 for p in moved)  # the shared text-encoder LoRA was trained
+
+
+def test_resume_edges(category, tiny_backbone, tmp_path):
+    # a finished adapter without checkpoints: --resume leaves it alone; another config is still refused
+    fit(category, small_config(steps=2), tmp_path / "n", backbone=tiny_backbone)
+    assert plan_fit(category, small_config(steps=2), tmp_path / "n", resume=True).defects[0].complete
+    with pytest.raises(CompatibilityError, match="adapter.rank"):
+        bigger = resolve(None, None, {"backbone": {"id": "tiny"}, "adapter": {"rank": 8, "bcm": False},
+                                      "train": {"resolution": SIZE, "steps": 2, "learning_rate": 1e-3,
+                                                "checkpoint_every": 0, "validate_every": 0}})
+        plan_fit(category, bigger, tmp_path / "n", resume=True)
+    with pytest.raises(CompatibilityError, match="no checkpoint to continue it from"):
+        plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True)
+    # a checkpoint beyond --steps
+    fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone)
+    (tmp_path / "p" / "widget" / "stain" / "adapter.json").unlink()
+    with pytest.raises(InputError, match="already past --steps 2"):
+        plan_fit(category, small_config(steps=2, checkpoint_every=3), tmp_path / "p", resume=True)
+    # interrupted between the last checkpoint and the adapter: --resume writes the adapter from it
+    [done] = fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone,
+                 resume=True)
+    assert done.status == "resumed" and (done.folder / "adapter.json").is_file()
