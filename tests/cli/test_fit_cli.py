@@ -114,6 +114,12 @@ def test_bad_input_exits_2_with_one_line(data, tmp_path):
         "fp16 on cpu": (["fit", data, *BASE, *out, "--mixed-precision", "fp16"], "fp16 needs a CUDA GPU"),
         "missing data": (["fit", tmp_path / "nothing", *BASE, *out], "nothing"),
     }
+    empty = write_toy_category(tmp_path / "empty")
+    (empty / "test" / "crack").mkdir()
+    cases["empty defect folder"] = (["fit", empty, *BASE, *out], "empty defect folder")
+    nomask = write_toy_category(tmp_path / "nomask")
+    (nomask / "ground_truth" / "stain" / "000_mask.png").unlink()
+    cases["image without mask"] = (["fit", nomask, *BASE, *out], "without a mask")
     for name, (args, expected) in cases.items():
         text = _one_line_error(invoke(args))
         assert expected in text, (name, text)
