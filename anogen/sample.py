@@ -302,6 +302,9 @@ class Job:
     sample: SampleConfig
     mask: MaskConfig
     adapter_sha256: str
+    # The folder keeps the result of the largest count it was ever run with: a rerun with a smaller --count
+    # never deletes samples of an earlier, larger result (readers take the first ``count`` accepted rows).
+    keep_count: int = 0
 
     @property
     def max_attempts(self) -> int:
@@ -386,8 +389,11 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
             hint=f"rerun `anogen mask {job.out_dir}` to finish it, then synth",
         )
     run = read_run_json(job.out_dir)
+    job.keep_count = job.sample.count
     if run is None:
         return
+    if isinstance(run.get("count"), int):
+        job.keep_count = max(job.sample.count, run["count"], int(run.get("kept_count") or 0))
     old_sha = (run.get("adapter") or {}).get("sha256")
     if old_sha and old_sha != job.adapter_sha256:
         raise CompatibilityError(
@@ -590,6 +596,7 @@ def _run_json(job: Job, refs: References, dist: Dist) -> dict[str, Any]:
         "mask": dataclasses.asdict(job.mask),
         "seed": job.sample.seed,
         "count": job.sample.count,
+        "kept_count": job.keep_count,
         "max_attempts": job.max_attempts,
         "references": refs.stems,
         "world_size": dist.world,
@@ -784,7 +791,7 @@ def synthesize(
         generated, elapsed = _synth_job(job, cache, dist, device, progress)
         dist.barrier()
         if dist.rank == 0:
-            rows = finalize(job.out_dir, job.sample.count)
+            rows = finalize(job.out_dir, max(job.keep_count, job.sample.count))
             run = read_run_json(job.out_dir)
             if run is not None and generated:
                 run["last_run"] = {"samples_per_s": round(generated / elapsed, 4) if elapsed > 0 else None}

@@ -184,6 +184,20 @@ def test_deterministic_across_runs_and_batch_sizes(runs, tmp_path):
     assert len([f for f in files if f.endswith(".png")]) == 3 * len(manifest)
 
 
+def test_smaller_count_keeps_earlier_samples(runs, tmp_path):
+    from anogen.manifest import load_synth
+
+    out = tmp_path / "out"
+    synthesize(runs, out, overrides={"sample": {"count": 4, "batch_size": 4}})
+    folder = out / "bottle" / "crack"
+    before = tree_hashes(folder)
+    summary = synthesize(runs, out, overrides={"sample": {"count": 2}})
+    assert summary.defects[0].generated == 0 and summary.defects[0].accepted == 2
+    assert tree_hashes(folder) == before  # nothing of the larger result is deleted
+    assert [r["id"] for r in load_synth(folder)] == [r["id"] for r in load_synth(folder, 4)][:2]
+    assert len(load_synth(folder)) == 2
+
+
 def test_rejected_attempts_recorded_and_exhausted(runs, tmp_path):
     out = tmp_path / "out"
     # max_area_fraction 0 rejects every non-empty mask: nothing can be accepted

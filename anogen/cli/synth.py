@@ -80,7 +80,9 @@ def synth_command(
     from anogen import sample as sample_lib
     from anogen.config import resolve
 
-    out_ = make_output(quiet=quiet, json_mode=json_output)
+    main_process = os.environ.get("RANK", "0") == "0"
+    # Under a launcher only rank 0 talks; the others would print the same progress again.
+    out_ = make_output(quiet=quiet or not main_process, json_mode=json_output)
     overrides: dict[str, dict[str, Any]] = {
         "sample": {
             "count": count,
@@ -98,7 +100,6 @@ def synth_command(
     if preset is not None or config is not None:
         resolved = resolve(preset, config, overrides)
         sample_cfg, mask_cfg = resolved.sample, resolved.mask
-    main_process = os.environ.get("RANK", "0") == "0"
     if dry_run:
         jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides)
         entries = sample_lib.plan(jobs)
