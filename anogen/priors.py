@@ -88,6 +88,9 @@ class PriorParams:
         max_threshold (`float`, defaults to 8.0): highest threshold Otsu may pick.
         morph_radius (`float`, defaults to 0.03): opening/closing radius as a fraction of the short side
             (at least 1 px).
+        refine (`bool`, defaults to True): a second pass whose background model comes from every pixel well
+            outside the first mask (not only the border), which detaches background patches of a colour the
+            border lacks.
         fill_holes (`bool`, defaults to True): fill holes (object parts coloured like the background).
         largest_component (`bool`, defaults to True): keep only the largest connected component.
         min_object_fraction (`float`, defaults to 0.005): a smaller object means "none found"; the mask
@@ -109,6 +112,7 @@ class PriorParams:
     edge_level: float = 0.5
     morph_radius: float = 0.03
     fill_holes: bool = True
+    refine: bool = True
     largest_component: bool = True
     min_object_fraction: float = 0.005
     location_size: int = 64
@@ -158,33 +162,50 @@ def estimate_object_mask(image: np.ndarray | Image.Image, params: PriorParams | 
     ring = sides.any(axis=0)
     distance = _background_distance(pixels, pixels[ring], sides[:, ring], params)
 
-    threshold = params.threshold
-    if threshold == "otsu":
-        threshold = min(max(_otsu(distance), params.min_threshold), params.max_threshold)
     radius = max(1, int(round(params.morph_radius * min(h, w))))
-    disk = _disk(radius)
-    binary = distance > threshold
-    if params.edge_level > 0 and binary.any():
-        # A threshold near the noise floor cuts a blurred edge close to the background side, which grows the
-        # mask by part of the blur width; cutting at a share of the object's typical distance (0.5 = halfway
-        # between background and object) puts the edge where the blur is centred.
-        core = ndimage.binary_erosion(_largest_component(binary), structure=disk)
-        if core.any():
-            threshold = max(float(threshold), params.edge_level * float(np.median(distance[core])))
-            binary = distance > threshold
-    binary = ndimage.binary_opening(binary, structure=disk)
-    # Pad before closing so that an object touching the edge is not eroded at the image border.
-    padded = np.pad(binary, radius + 1, mode="edge")
-    binary = ndimage.binary_closing(padded, structure=disk)[radius + 1 : -(radius + 1), radius + 1 : -(radius + 1)]
-    if params.fill_holes:
-        binary = ndimage.binary_fill_holes(binary)
-    if params.largest_component:
-        binary = _largest_component(binary)
+    binary = _segment(distance, params, radius)
+    if params.refine and binary.any() and not binary.all():
+        # Second pass: a background model from every pixel well away from the first mask, not only the border,
+        # so that background patches whose colour the border lacks stop being glued to the object.
+        outside = ~_dilate(binary, 2 * radius)
+        if outside.mean() >= 0.05:
+            samples = pixels[outside]
+            stride = max(1, len(samples) // 20000)
+            distance = _background_distance(pixels, samples[::stride], None, params)
+            refined = _segment(distance, params, radius)
+            if refined.any():
+                binary = refined
 
     if (h, w) != (height, width):
         # Bilinear upsampling of the 0/1 map then a 0.5 cut gives smooth edges instead of blocks.
         up = Image.fromarray(binary.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
         binary = np.asarray(up) >= 0.5
+    return binary
+
+
+def _segment(distance: np.ndarray, params: PriorParams, radius: int) -> np.ndarray:
+    """Distance map -> cleaned binary object mask (threshold, edge level, opening, closing, holes, largest)."""
+    from scipy import ndimage
+
+    threshold = params.threshold
+    if threshold == "otsu":
+        threshold = min(max(_otsu(distance), params.min_threshold), params.max_threshold)
+    binary = distance > threshold
+    if params.edge_level > 0 and binary.any():
+        # A threshold near the noise floor cuts a blurred edge close to the background side, which grows the
+        # mask by part of the blur width; cutting at a share of the object's typical distance (0.5 = halfway
+        # between background and object) puts the edge where the blur is centred.
+        core = _erode(_largest_component(binary), radius)
+        if core.any():
+            threshold = max(float(threshold), params.edge_level * float(np.median(distance[core])))
+            binary = distance > threshold
+    # Opening removes specks, closing bridges thin cuts (a scratch across the rim) so that holes can be filled.
+    binary = _dilate(_erode(binary, radius), radius)
+    binary = _erode(_dilate(binary, radius), radius)
+    if params.fill_holes:
+        binary = ndimage.binary_fill_holes(binary)
+    if params.largest_component:
+        binary = _largest_component(binary)
     return binary
 
 
@@ -213,7 +234,7 @@ def _downscale(rgb: np.ndarray, work_size: int) -> np.ndarray:
 
 
 def _background_distance(
-    pixels: np.ndarray, border: np.ndarray, border_sides: np.ndarray, params: PriorParams
+    pixels: np.ndarray, border: np.ndarray, border_sides: np.ndarray | None, params: PriorParams
 ) -> np.ndarray:
     """Per-pixel Mahalanobis distance to the nearest background colour cluster, in standard deviations.
 
@@ -228,8 +249,11 @@ def _background_distance(
     shares = np.bincount(labels, minlength=len(centres)) / max(1, len(labels))
     keep = []
     for k in range(len(centres)):
-        on_side = [(labels[side] == k).mean() >= 0.1 for side in border_sides if side.any()]
-        if shares[k] >= params.min_cluster_share and (sum(on_side) >= 2 or shares[k] >= 0.5):
+        if border_sides is None:  # samples from the whole background (second pass): no side rule
+            on_sides = 4
+        else:
+            on_sides = sum((labels[side] == k).mean() >= 0.1 for side in border_sides if side.any())
+        if shares[k] >= params.min_cluster_share and (on_sides >= 2 or shares[k] >= 0.5):
             keep.append(k)
     if not keep:  # no cluster qualifies: the border is too varied to say; trust the largest one
         keep = [int(np.argmax(shares))]
@@ -239,7 +263,7 @@ def _background_distance(
         cov = np.cov(members, rowvar=False) if len(members) > 3 else np.zeros((3, 3))
         inv = np.linalg.inv(cov + floor)
         diff = flat - mean
-        dist2 = np.einsum("ni,ij,nj->n", diff, inv, diff)
+        dist2 = ((diff @ inv) * diff).sum(axis=1)
         np.minimum(best, dist2, out=best)
     return np.sqrt(np.maximum(best, 0.0)).reshape(pixels.shape[:2])
 
@@ -278,9 +302,26 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return (xx * xx + yy * yy) <= radius * radius
+def _erode(binary: np.ndarray, radius: float) -> np.ndarray:
+    """Erosion by a disk of ``radius`` through the distance transform: O(pixels) whatever the radius.
+
+    Pixels outside the array count as unknown, not background, so an object touching the image edge is not
+    eaten away from that edge.
+    """
+    from scipy import ndimage
+
+    if binary.all() or not binary.any():
+        return binary.copy()
+    return ndimage.distance_transform_edt(binary) > radius
+
+
+def _dilate(binary: np.ndarray, radius: float) -> np.ndarray:
+    """Dilation by a disk of ``radius`` (x^2 + y^2 <= r^2) through the distance transform."""
+    from scipy import ndimage
+
+    if binary.all() or not binary.any():
+        return binary.copy()
+    return ndimage.distance_transform_edt(~binary) <= radius
 
 
 def _largest_component(binary: np.ndarray) -> np.ndarray:
