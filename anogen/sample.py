@@ -678,6 +678,32 @@ def _write_attempt(
     return row
 
 
+def _first_missing(rows: Mapping[int, Any]) -> int:
+    i = 0
+    while i in rows:
+        i += 1
+    return i
+
+
+def _wait_for_slower_ranks(
+    folder: Path,
+    rows: dict[int, dict[str, Any]],
+    todo: list[int],
+    pending: Callable[[], list[int]],
+    lookahead: int,
+) -> list[int]:
+    """Hold a rank that runs more than ``lookahead`` ids ahead of the first id nobody has finished yet.
+
+    Without it a fast rank would generate up to ``max_attempts`` before a slow one settles the first N accepted.
+    No deadlock: the rank owning the first missing id is never held (its next id is that id).
+    """
+    while todo and todo[0] > _first_missing(rows) + lookahead:
+        time.sleep(0.1)
+        rows.update(read_all_rows(folder))
+        todo = pending()
+    return todo
+
+
 def _synth_job(
     job: Job,
     backbone_cache: dict[tuple[str, str], Backbone],
@@ -723,6 +749,10 @@ def _synth_job(
     adapter.install(backbone.unet)
     try:
         while todo:
+            if dist.world > 1:
+                todo = _wait_for_slower_ranks(folder, rows, todo, pending, dist.world * job.sample.batch_size * 2)
+                if not todo:
+                    break
             batch = todo[: job.sample.batch_size]
             seeds = [derive_seed(job.sample.seed, job.category, job.defect, i) for i in batch]
             images, parts = sample_pairs(

@@ -401,3 +401,35 @@ def test_bcm_and_on_object_only(backbone, tmp_path):
     a, _ = sample_pairs(backbone, adapter, record, [9], cfg, background_latents=bgs[:1], output_type="float")
     b, _ = sample_pairs(backbone, adapter, record, [9], cfg, background_latents=bgs[1:], output_type="float")
     assert np.abs(a - b).max() > 1e-3
+
+
+def test_fast_rank_waits_for_the_slow_one(tmp_path):
+    """A rank more than `lookahead` ids ahead of the first unfinished id waits until the others catch up."""
+    import threading
+
+    from anogen.manifest import append_row, make_row, shard_name
+    from anogen.sample import _wait_for_slower_ranks
+
+    def row(i):
+        return make_row(i, seed=i, category="c", defect="d", accepted=True, reason=None, mask_area=0.1,
+                        adapter_sha256="x")
+
+    for i in (0, 2):
+        append_row(tmp_path / shard_name(0), row(i))
+    rows = {0: row(0), 2: row(2)}
+
+    def pending():
+        return [i for i in range(0, 12, 2) if i not in rows]
+
+    def slow_rank():
+        time.sleep(0.3)
+        for i in (1, 3):
+            append_row(tmp_path / shard_name(1), row(i))
+
+    thread = threading.Thread(target=slow_rank)
+    start = time.monotonic()
+    thread.start()
+    todo = _wait_for_slower_ranks(tmp_path, rows, pending(), pending, lookahead=2)
+    thread.join()
+    assert time.monotonic() - start >= 0.25  # it did wait for ids 1 and 3
+    assert todo == [4, 6, 8, 10] and 3 in rows
