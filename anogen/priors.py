@@ -808,7 +808,8 @@ def build_prior(
             return result
 
     rows: list[PriorImage] = []
-    object_masks: dict[tuple[str, str], np.ndarray] = {}
+    # Paths, not arrays: a category of 1024 px photos would hold ~1 MB per mask in memory otherwise.
+    object_masks: dict[tuple[str, str], Path] = {}
     total = len(jobs)
     task = f"prior {category.name}"
     report(progress, task, 0, total)
@@ -833,7 +834,7 @@ def build_prior(
                 fallback = bool(previous.get("fallback"))
                 result.reused.extend(folder / rel for rel in (object_rel, background_rel) if rel)
                 if not dry_run:
-                    object_masks[(job.split, job.stem)] = load_mask(folder / object_rel)  # type: ignore[operator]
+                    object_masks[(job.split, job.stem)] = folder / object_rel  # type: ignore[operator]
             elif dry_run:
                 result.written.extend(folder / rel for rel in (object_rel, background_rel) if rel)
                 _check_header(job.info.path)
@@ -855,7 +856,7 @@ def build_prior(
                 if background_rel:
                     save_png_atomic(folder / background_rel, background_image(image, obj))
                     result.written.append(folder / background_rel)
-                object_masks[(job.split, job.stem)] = obj
+                object_masks[(job.split, job.stem)] = folder / object_rel  # type: ignore[operator]
         rows.append(
             PriorImage(
                 role=job.role,
@@ -1021,7 +1022,7 @@ def _remove_stale(folder: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
 
 def _defect_statistics(
     jobs: list[_Job],
-    object_masks: dict[tuple[str, str], np.ndarray],
+    object_masks: dict[tuple[str, str], Path],
     params: PriorParams,
     stats_stems: dict[str, list[str]],
     stats_from: str,
@@ -1057,7 +1058,8 @@ def _defect_statistics(
             if not mask.any():
                 continue
             with_mask += 1
-            obj = object_masks.get((job.split, job.stem))
+            obj_path = object_masks.get((job.split, job.stem))
+            obj = load_mask(obj_path) if obj_path is not None else None
             if obj is None or obj.shape != mask.shape:
                 obj = np.ones_like(mask) if obj is None else _resize_bool(obj, mask.shape)
             y0, y1, x0, x1 = _bbox(obj) if obj.any() else (0, mask.shape[0], 0, mask.shape[1])
@@ -1121,7 +1123,7 @@ def _heat_png(heat: np.ndarray, scale: int = 4) -> np.ndarray:
 
 
 def _preview(
-    category: Category, jobs: list[_Job], object_masks: dict[tuple[str, str], np.ndarray], count: int, cell: int = 128
+    category: Category, jobs: list[_Job], object_masks: dict[tuple[str, str], Path], count: int, cell: int = 128
 ) -> np.ndarray:
     """Grid of normal images with the background tinted and the object outline drawn."""
     from scipy import ndimage
@@ -1135,7 +1137,7 @@ def _preview(
     grid = np.full((rows * cell, cols * cell, 3), 32, dtype=np.uint8)
     for i, job in enumerate(normals):
         img = Image.fromarray(_read_image(job.info.path)).resize((cell, cell), Image.BILINEAR)
-        obj = Image.fromarray(object_masks[(job.split, job.stem)].astype(np.uint8) * 255).resize(
+        obj = Image.fromarray(load_mask(object_masks[(job.split, job.stem)]).astype(np.uint8) * 255).resize(
             (cell, cell), Image.NEAREST
         )
         arr = np.asarray(img).astype(np.float32)
