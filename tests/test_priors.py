@@ -244,6 +244,13 @@ def test_object_priors_requested_on_a_texture_warn_and_write_none(toy_texture: P
     assert json.loads((tmp_path / "texture" / "prior.json").read_text())["kind"] == "texture"
 
 
+def test_preset_with_bcm_on_a_texture_warns(toy_texture: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["prior", str(toy_texture), "--out", str(tmp_path), "--preset", "generic/object"])
+    assert res.exit_code == 0, res.output
+    assert "warning" in res.output and "BCM" in res.output and "--bcm off" in res.output
+    assert not (tmp_path / "texture" / "object").exists()
+
+
 def test_unknown_kind_is_guessed_from_the_images(toy_plain: Path, toy_texture: Path) -> None:
     for folder, expected in ((toy_plain, "object"), (toy_texture, "texture")):
         cat = read_category(folder)
