@@ -644,7 +644,7 @@ def _guess_kind(category: Category, params: PriorParams, samples: int = 5) -> st
         mask = estimate_object_mask(_read_image(info.path), params)
         fractions.append(float(mask.mean()))
     median = float(np.median(fractions))
-    # Texture noise that survives the 3-sigma floor and the opening stays far below a few percent.
+    # Texture noise that survives the 4-sigma threshold and the opening stays far below a few percent.
     return CategoryKind.OBJECT.value if 0.02 <= median <= 0.98 else CategoryKind.TEXTURE.value
 
 
