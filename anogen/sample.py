@@ -893,6 +893,10 @@ def remask(
         write_json_atomic(marker, {"mask": dataclasses.asdict(cfg)})
         before = len(result_rows(rows, run.get("count")))
         new_rows = []
+        missing = [row["part"] for row in rows if not (folder / row["part"]).is_file()]
+        if missing:
+            raise InputError(f"{folder}: {len(missing)} part image(s) of the manifest are missing, e.g. {missing[0]}",
+                             hint="rerun the synth command to regenerate them")
         for k, row in enumerate(rows):
             part = np.asarray(load_rgb(folder / row["part"]))
             with Image.open(folder / row["image"]) as img:
