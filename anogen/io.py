@@ -106,6 +106,22 @@ def mask_to_png_array(mask: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its ``__metadata__`` keys sorted.
+
+    safetensors writes the metadata from a hash map, in an order that changes from call to call; sorting it
+    (same length, so every tensor offset stays valid) makes equal content give equal bytes.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if len(text) > size:
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

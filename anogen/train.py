@@ -46,6 +46,7 @@ from anogen.data.model import Category, CategoryKind, DefectSample
 from anogen.data.split import Split, few_shot_split
 from anogen.errors import BackboneError, CompatibilityError, DataError, InputError
 from anogen.io import (
+    canonical_safetensors,
     load_mask,
     load_rgb,
     safe_name,
@@ -870,22 +871,6 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
             else:
                 scalars[f"{int(index)}.{name}"] = value
     return tensors, {"param_groups": to_jsonable(state["param_groups"]), "scalars": scalars}
-
-
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same safetensors file with its ``__metadata__`` keys sorted.
-
-    safetensors writes the metadata from a hash map, in an order that changes from call to call; sorting it
-    (same length, so every tensor offset stays valid) makes equal content give equal bytes.
-    """
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    if isinstance(header.get("__metadata__"), dict):
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    if len(text) > size:
-        return data
-    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
 def save_checkpoint(

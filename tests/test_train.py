@@ -21,7 +21,8 @@ from PIL import Image
 from anogen.config import resolve
 from anogen.data import read_category
 from anogen.errors import CompatibilityError, DataError, InputError
-from anogen.train import canonical_safetensors, dihedral_variants, fit, plan_fit
+from anogen.io import canonical_safetensors
+from anogen.train import dihedral_variants, fit, plan_fit
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -207,11 +208,6 @@ def test_same_inputs_give_the_same_adapter(category, tiny_backbone, tmp_path):
         assert ca.read_bytes() == (b.folder / "checkpoints" / "step-000003" / name).read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="anogen/model/adapter.py writes safetensors metadata in hash-map order, which varies between calls; "
-    "fix: write canonical_safetensors(save(...)) there",
-)
 def test_adapter_bytes_are_identical(category, tiny_backbone, tmp_path):
     config = small_config(steps=1)
     folders = [fit(category, config, tmp_path / str(i), backbone=tiny_backbone)[0].folder for i in range(3)]

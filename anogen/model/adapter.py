@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from anogen.config import AdapterConfig
 from anogen.errors import CompatibilityError, InputError
-from anogen.io import atomic_open, sha256_file, write_json_atomic
+from anogen.io import atomic_open, canonical_safetensors, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     from anogen.model.backbone import Backbone
@@ -77,7 +77,7 @@ def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any
         "backbone_content_hash": str(backbone["content_hash"]),
     }
     with atomic_open(folder / WEIGHTS_FILE, "wb") as handle:
-        handle.write(save(tensors, metadata=metadata))
+        handle.write(canonical_safetensors(save(tensors, metadata=metadata)))
     write_json_atomic(folder / RECORD_FILE, full)
 
 

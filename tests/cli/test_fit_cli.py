@@ -139,7 +139,7 @@ def test_bad_backbones_exit_2_before_training(data, tmp_path, monkeypatch):
 
 
 def test_end_to_end_run_resume_refusals_and_determinism(data, tmp_path):
-    from anogen.train import canonical_safetensors
+    from anogen.io import canonical_safetensors
 
     args = ["fit", data, *BASE, "--defect", "stain", "--checkpoint-every", "1"]
     first = invoke([*args, "--out", tmp_path / "a", "--json"])
