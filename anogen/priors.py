@@ -800,12 +800,17 @@ def build_prior(
     old_rows = {}
     if old is not None and not force and old.get("params_hash") == params_hash and old.get("kind") == kind_value:
         old_rows = {(r["split"], r["stem"]): r for r in old.get("images", [])}
-        if old.get("inputs_key") == inputs_key and _outputs_exist(folder, old):
+        if old.get("inputs_key") == inputs_key and _outputs_exist(folder, old) and not (folder / LEDGER).exists():
             result.up_to_date = True
             result.median_object_fraction = old.get("median_object_fraction")
             result.warnings.extend(w for w in old.get("warnings", []) if w not in result.warnings)
             result.reused = [folder / p for p in _listed_outputs(old)]
             return result
+
+    if not force and not dry_run:
+        # Rows an interrupted run finished after the last prior.json: a killed run resumes where it stopped.
+        old_rows.update(_read_ledger(folder / LEDGER, params_hash, kind_value))
+    ledger = None if dry_run else _Ledger(folder / LEDGER, params_hash, kind_value)
 
     rows: list[PriorImage] = []
     # Paths, not arrays: a category of 1024 px photos would hold ~1 MB per mask in memory otherwise.
@@ -857,21 +862,22 @@ def build_prior(
                     save_png_atomic(folder / background_rel, background_image(image, obj))
                     result.written.append(folder / background_rel)
                 object_masks[(job.split, job.stem)] = folder / object_rel  # type: ignore[operator]
-        rows.append(
-            PriorImage(
-                role=job.role,
-                split=job.split,
-                stem=job.stem,
-                source=_source_rel(category, job.info.path),
-                sha256=digest,
-                object=object_rel,
-                background=background_rel,
-                object_fraction=fraction,
-                fallback=fallback,
-                defect=job.defect,
-                mask_sha256=mask_digest,
-            )
+        row = PriorImage(
+            role=job.role,
+            split=job.split,
+            stem=job.stem,
+            source=_source_rel(category, job.info.path),
+            sha256=digest,
+            object=object_rel,
+            background=background_rel,
+            object_fraction=fraction,
+            fallback=fallback,
+            defect=job.defect,
+            mask_sha256=mask_digest,
         )
+        rows.append(row)
+        if ledger is not None and is_object and not cached:
+            ledger.add(row)
         report(progress, task, index + 1, total)
 
     summary_files = ["prior.json", "shapes.json", "location.npy", "location.png"]
@@ -936,8 +942,51 @@ def build_prior(
     if old is not None:
         _remove_stale(folder, old, record)
     write_json_atomic(folder / "prior.json", record)
+    if ledger is not None:
+        ledger.close(remove=True)
     result.written.append(folder / "prior.json")
     return result
+
+
+LEDGER = ".prior-progress.jsonl"
+
+
+class _Ledger:
+    """Append-only record of the images finished since the last ``prior.json``, one JSON line each.
+
+    The image files themselves are written atomically before their line; a torn last line (a kill during the
+    write) is ignored on reading, so the worst case is recomputing one image.
+    """
+
+    def __init__(self, path: Path, params_hash: str, kind: str) -> None:
+        self.path = path
+        self.params_hash = params_hash
+        self.kind = kind
+
+    def add(self, row: PriorImage) -> None:
+        # Opened per line (cheap next to segmenting an image): nothing is left open if the run is interrupted.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = {"params_hash": self.params_hash, "kind": self.kind, **dataclasses.asdict(row)}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
+
+    def close(self, remove: bool = False) -> None:
+        if remove and self.path.exists():
+            self.path.unlink()
+
+
+def _read_ledger(path: Path, params_hash: str, kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    if not path.is_file():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the torn last line of a killed run
+        if isinstance(row, dict) and row.get("params_hash") == params_hash and row.get("kind") == kind:
+            rows[(row["split"], row["stem"])] = row
+    return rows
 
 
 def _tmp_npy(path: Path) -> Path:

@@ -302,6 +302,30 @@ def test_rerun_is_a_no_op_and_a_changed_image_is_redone_alone(toy_plain: Path, t
     assert not fourth.up_to_date and len(fourth.written) > 2 * 16
 
 
+def test_an_interrupted_run_resumes_where_it_stopped(toy_plain: Path, built_plain: Path, tmp_path: Path) -> None:
+    from anogen.progress import ProgressEvent
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_ten(event: ProgressEvent) -> None:
+        if event.task.startswith("prior") and event.completed == 10:
+            raise Stop
+
+    cat = read_category_checked(toy_plain)
+    with pytest.raises(Stop):
+        build_prior(cat, tmp_path, progress=stop_after_ten)
+    assert not (tmp_path / "object" / "prior.json").exists()
+    resumed = build_prior(cat, tmp_path)
+    reused = {p.relative_to(tmp_path / "object").as_posix() for p in resumed.reused}
+    assert "object/train/good/000.png" in reused and "background/train/good/009.png" in reused
+    assert "object/train/good/010.png" not in reused
+    assert not (tmp_path / "object" / ".prior-progress.jsonl").exists()
+    # The resumed result equals an uninterrupted one.
+    ours = {k: v[1] for k, v in _snapshot(tmp_path / "object").items()}
+    assert ours == {k: v[1] for k, v in _snapshot(built_plain / "object").items()}
+
+
 def test_same_inputs_give_identical_bytes(toy_plain: Path, built_plain: Path, tmp_path: Path) -> None:
     build_prior(read_category_checked(toy_plain), tmp_path)
     ours = {k: v[1] for k, v in _snapshot(tmp_path / "object").items()}
