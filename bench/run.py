@@ -1,0 +1,135 @@
+"""``python -m bench`` (or ``.venv/bin/python bench/run.py``): run the benchmark, write docs/benchmarks.md.
+
+Parts (``--parts``, all by default):
+
+* ``toy``: speed ratios and peak memory on the toy backbone at its preset's settings (``toy/object``);
+* ``sd15``: the same ratios at SD-1.5 size (the published UNet / VAE / CLIP-L configs, random weights): on a CPU
+  for one denoising step at 256 px, with a projection to the preset's 30 steps; on a GPU the full setting;
+* ``quality``: toy data -> prior -> fit -> synth with SAIM and with ``coupling none``, alignment IoU, the
+  ``anogen eval`` table, and export vs a plain copy.
+
+Every measurement runs in its own process (peak memory per measurement); contestants are timed interleaved
+(A, B, A, B, ...) and summarised by their medians. Raw results go to docs/benchmarks.json; a run of some parts
+keeps the other parts' last results (each part says when it was measured). ``--quick`` checks the plumbing in a
+few minutes with small settings (its figures are not meant to be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, machine, run_worker  # noqa: E402
+from bench.report import render  # noqa: E402
+
+logger = logging.getLogger("bench")
+
+PARTS = ("toy", "sd15", "quality")
+
+
+def settings(quick: bool, gpu: bool) -> dict[str, dict[str, Any]]:
+    """The measurement settings of each part (see docs/benchmarks.md for the reasons)."""
+    toy = dict(backbone="toy", pairs=8, steps=20, guidance=2.5, sampler="dpmsolver++", rank=8, saim_width=None,
+               repeats=5, bcm=True, fit_pairs=2, fit_repeats=10, calls=2)
+    if gpu:
+        sd15 = dict(backbone="sd15", resolution=512, pairs=4, steps=30, guidance=2.5, sampler="dpmsolver++", rank=32,
+                    saim_width=320, repeats=3, bcm=True, fit_pairs=2, fit_repeats=10, calls=1, project_steps=None)
+    else:
+        # One step, no guidance: an SD-1.5 UNet call takes ~20 s on two shared cores; the preset's 30 guided
+        # steps are projected from the per-step and fixed costs measured here.
+        sd15 = dict(backbone="sd15", resolution=256, pairs=1, steps=1, guidance=1.0, sampler="dpmsolver++", rank=32,
+                    saim_width=320, repeats=2, bcm=True, fit_pairs=1, fit_repeats=2, calls=1, project_steps=30,
+                    project_guided=True)
+    quality = dict(backbone="toy", fit_steps=None, count=None, eval_steps=400, repeats=3, seed=0)
+    if quick:
+        toy.update(pairs=2, steps=4, repeats=2, fit_repeats=3, calls=1)
+        sd15.update(resolution=64, repeats=1, fit_repeats=1)
+        quality.update(fit_steps=10, count=2, eval_steps=20, repeats=1)
+    return {"toy": toy, "sd15": sd15, "quality": quality}
+
+
+def _speed_part(config: dict[str, Any], threads: int) -> dict[str, Any]:
+    common = {k: config[k] for k in ("backbone", "pairs", "steps", "guidance", "sampler", "rank", "saim_width", "bcm")}
+    if "resolution" in config:
+        common["resolution"] = config["resolution"]
+    out: dict[str, Any] = {"settings": config}
+    out["synth"] = run_worker("synth", {**common, "repeats": config["repeats"]}, threads=threads)
+    out["unet_step"] = run_worker("unet_step", {**common, "repeats": max(config["repeats"], 2)}, threads=threads)
+    fit_args = {**common, "pairs": config["fit_pairs"], "repeats": config["fit_repeats"]}
+    out["fit"] = run_worker("fit", fit_args, threads=threads)
+    out["memory"] = {}
+    for what in ("synth", "pipeline", "fit", "peft"):
+        args = {**(fit_args if what in ("fit", "peft") else common), "what": what, "calls": config["calls"]}
+        out["memory"][what] = run_worker("memory", args, threads=threads)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small settings: checks the plumbing in minutes")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the Markdown report")
+    parser.add_argument("--results", type=Path, default=None, help="raw JSON (default: --out with .json)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads per worker")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--fresh", action="store_true", help="drop earlier results of the parts not run now")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; choose from {PARTS}")
+    results_path = args.results or args.out.with_suffix(".json")
+    try:
+        previous = json.loads(results_path.read_text()) if results_path.is_file() and not args.fresh else {}
+    except ValueError:
+        previous = {}
+    if previous.get("quick") != args.quick:
+        previous = {}  # never mix quick and full figures in one report
+    import torch
+
+    gpu = torch.cuda.is_available()
+    config = settings(args.quick, gpu)
+    results: dict[str, Any] = {"schema_version": 1, "quick": args.quick, "parts": dict(previous.get("parts", {}))}
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="anogen-bench-"))
+    for part in parts:
+        t0 = time.perf_counter()
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        print(f"bench: {part} ...", file=sys.stderr, flush=True)
+        if part in ("toy", "sd15"):
+            data = _speed_part(config[part], args.threads)
+        else:
+            data = run_worker("quality", {**config["quality"], "work": str(work / "quality")}, threads=args.threads)
+        data["measured_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        data["seconds"] = round(time.perf_counter() - t0, 1)
+        data["load_average_before"] = load_before
+        data["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        data["machine"] = machine()
+        results["parts"][part] = data
+        print(f"bench: {part} done in {data['seconds']:.0f} s", file=sys.stderr, flush=True)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1))
+        args.out.write_text(render(results, threads=args.threads))
+    results["machine"] = machine()
+    results["seconds_this_run"] = round(time.perf_counter() - started, 1)
+    results_path.write_text(json.dumps(results, indent=1))
+    args.out.write_text(render(results, threads=args.threads))
+    print(f"bench: wrote {args.out} and {results_path} ({results['seconds_this_run']:.0f} s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
