@@ -26,6 +26,7 @@ import copy
 import json
 import logging
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,13 @@ def _generic_marks_image(rng: np.random.Generator, seed: int, index: int, size: 
         base = normal_image(("object", "texture")[choice - 1], seed, index, size, split="vae")[0]
     img = Image.fromarray(base)
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 5))):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    for _ in range(int(rng.integers(2, 7))):
+        # Any colour, with the extremes (the 8 corners of the RGB cube: white, black, primaries...) often.
+        if rng.random() < 0.6:
+            corner = rng.integers(0, 2, 3) * 255
+            colour = tuple(int(c) for c in np.clip(corner + rng.integers(-30, 31, 3), 0, 255))
+        else:
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         x0, y0 = rng.uniform(0, size, 2)
         s = rng.uniform(2, 12) * size / 64
         kind = rng.integers(3)
@@ -142,9 +148,24 @@ def build_pool(domain: str, seed: int, count: int, size: int = RESOLUTION, start
 
 
 def train_vae(
-    vae: Any, images: np.ndarray, *, steps: int, batch: int, lr: float, seed: int, max_seconds: float
+    vae: Any,
+    images: np.ndarray,
+    marks: np.ndarray,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    max_seconds: float,
+    crop: int = 32,
 ) -> dict[str, Any]:
-    """Train the autoencoder (L1 + MSE + 1e-6 KL) on a pool of uint8 images; returns figures."""
+    """Train the autoencoder (L1 + MSE + 1e-6 KL) on random crops; returns figures.
+
+    Half of every batch comes from ``marks`` (generic marks of any colour): saturated, near-white and near-black
+    details are rare in the toy normals, and an autoencoder that never saw them erases them. The network is
+    convolutional, so ``crop`` x ``crop`` crops (aligned to the 4-pixel latent grid) teach it the same local
+    mapping as whole images at a quarter of the cost.
+    """
     import torch
 
     gen = np.random.default_rng(derive_seed("vae-batches", seed))
@@ -153,8 +174,12 @@ def train_vae(
     start = time.time()
     done = 0
     for step in range(steps):
-        idx = gen.integers(0, len(images), batch)
-        x = to_tensor(images[idx])
+        half = batch // 2
+        pool = np.concatenate([images[gen.integers(0, len(images), batch - half)],
+                               marks[gen.integers(0, len(marks), half)]])
+        size = pool.shape[1]
+        offsets = gen.integers(0, (size - crop) // 4 + 1, (batch, 2)) * 4
+        x = to_tensor(np.stack([im[y:y + crop, x0:x0 + crop] for im, (y, x0) in zip(pool, offsets, strict=True)]))
         if gen.random() < 0.5:  # flips are free augmentation for both kinds
             x = x.flip(-1)
         posterior = vae.encode(x).latent_dist
@@ -428,6 +453,9 @@ def pretrain(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Checkpoints and the sample grid go beside the asset, so OUT holds exactly what ships.
+    work = Path(args.work) if args.work else out.with_name(out.name + "-work")
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     configs = toy_configs()
     seed = args.seed
@@ -438,7 +466,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).eval().requires_grad_(False)
     torch.manual_seed(derive_seed("toy-init", seed, "unet") % (2**31))
     unet = UNet2DConditionModel(**configs["unet"])
-    tokenizer = build_char_tokenizer(out / "_tokenizer")
+    tokenizer = build_char_tokenizer(tempfile.mkdtemp(prefix="anogen-toy-tok-"))
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in
                 (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}
     logger.info("parameters %s", n_params)
@@ -447,13 +475,13 @@ def pretrain(args: argparse.Namespace) -> Path:
     pools = {d: build_pool(d, seed, int(args.pool * DOMAIN_WEIGHTS[d] / max(DOMAIN_WEIGHTS.values())))
              for d in DOMAIN_WEIGHTS}
     gen = np.random.default_rng(derive_seed("vae-extra", seed))
-    extra = np.stack([_generic_marks_image(gen, seed, i, RESOLUTION) for i in range(args.pool // 2)])
+    extra = np.stack([_generic_marks_image(gen, seed, i, RESOLUTION) for i in range(args.pool)])
     logger.info("pools %s + %d generic-mark images (%.0f s)", {k: len(v) for k, v in pools.items()}, len(extra),
                 time.time() - t0)
 
     # ---- autoencoder
-    vae_images = np.concatenate([*pools.values(), extra])
-    vae_figures = train_vae(vae, vae_images, steps=args.vae_steps, batch=args.vae_batch, lr=args.vae_lr,
+    vae_images = np.concatenate(list(pools.values()))
+    vae_figures = train_vae(vae, vae_images, extra, steps=args.vae_steps, batch=args.vae_batch, lr=args.vae_lr,
                             seed=seed, max_seconds=args.vae_minutes * 60)
     vae.requires_grad_(False)
     vae_figures.update(measure_vae(vae, seed))
@@ -496,8 +524,8 @@ def pretrain(args: argparse.Namespace) -> Path:
                         scheduler_config=configs["scheduler"], source="toy", content_hash="")
 
     def checkpoint(ema_unet: Any, record: dict[str, Any]) -> None:
-        save_backbone(assemble(ema_unet), out / "checkpoint", fp16=True)
-        write_json_atomic(out / "checkpoint" / "progress.json", record)
+        save_backbone(assemble(ema_unet), work / "checkpoint", fp16=True)
+        write_json_atomic(work / "checkpoint" / "progress.json", record)
 
     ema, unet_figures = train_unet(
         unet, latents, embeds, held_out, configs["scheduler"], steps=args.unet_steps, batch=args.batch,
@@ -515,7 +543,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     shipped = load_folder(out, source="toy")
     rows = [sample(shipped, [PROMPTS[p]] * 8, steps=25, seed=s) for p, s in
             (("object", 1), ("texture", 2), ("part", 3), ("object_marked", 4), ("texture_marked", 5))]
-    save_grid(rows, out / "samples.png")
+    save_grid(rows, work / "samples.png")
     recipe = {
         "recipe": "python -m anogen.toy.pretrain " + " ".join(args.argv),
         "data_seed": seed,
@@ -538,12 +566,6 @@ def pretrain(args: argparse.Namespace) -> Path:
         "stopping": "fixed step budget (unet_steps) with a wall-clock cap; held-out EMA denoising loss logged",
     }
     recipe["sha256"] = file_hashes(out)
-    for transient in ("_tokenizer",):
-        import shutil
-
-        shutil.rmtree(out / transient, ignore_errors=True)
-    recipe["sha256"] = {k: v for k, v in file_hashes(out).items()
-                        if not k.startswith(("checkpoint/", "samples.png", "pretrain.log"))}
     write_json_atomic(out / "recipe.json", recipe)
     logger.info("done in %.0f s -> %s", time.time() - t0, out)
     return out
@@ -554,19 +576,21 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m anogen.toy.pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder (a diffusers backbone folder)")
+    parser.add_argument("--work", default=None, help="checkpoints and sample grid (default: OUT-work)")
     parser.add_argument("--seed", type=int, default=0, help="data and init seed")
-    parser.add_argument("--pool", type=int, default=2400, help="images per main domain in the training pool")
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--pool", type=int, default=1600, help="images per main domain in the training pool")
+    parser.add_argument("--vae-steps", type=int, default=4000)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--vae-minutes", type=float, default=9.0, help="wall-clock cap of the autoencoder phase")
-    parser.add_argument("--unet-steps", type=int, default=5000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vae-minutes", type=float, default=12.0, help="wall-clock cap of the autoencoder phase")
+    parser.add_argument("--unet-steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--max-minutes", type=float, default=60.0, help="wall-clock cap of the whole run")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--max-minutes", type=float, default=65.0, help="wall-clock cap of the whole run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 on a shared machine: a starved second thread only waits)")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
