@@ -144,3 +144,19 @@ def test_bad_options_are_usage_errors(toy_tree: Path, synth_tree: Path) -> None:
     base = ["eval", "--data", str(toy_tree), "--synth", str(synth_tree)]
     assert CliRunner().invoke(app, [*base, "--baseline", "draem"]).exit_code == 2
     assert CliRunner().invoke(app, [*base, "--resolution", "30"]).exit_code == 2
+
+
+def test_synth_root_with_several_categories_needs_a_category(tmp_path: Path, toy_tree: Path) -> None:
+    write_synth(tmp_path / "s", "widget", "stain", ["000"], ["001", "002", "003"], count=2, rejected=0)
+    write_synth(tmp_path / "s", "gadget", "stain", ["000"], [], count=2, rejected=0)
+    with pytest.raises(InputError, match="several categories"):
+        read_synth(tmp_path / "s")
+    assert [d.category for d in read_synth(tmp_path / "s", category="widget")] == ["widget"]
+    # The CLI passes DATA's category, so a mixed root works there, and --dry-run trains nothing.
+    result = CliRunner().invoke(
+        app, ["eval", "--data", str(toy_tree), "--synth", str(tmp_path / "s"), "--dry-run", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["synth_samples"] == {"stain": 2} and plan["skipped_defects"] == ["hole"]
+    assert plan["test_images"] == {"good": 3, "stain": 3}
