@@ -146,7 +146,8 @@ def _metrics_table(result: dict[str, Any]) -> Table:
     table = Table("method", *(label for _, label in METRIC_COLUMNS), "selected step", title="downstream detection")
     for method, entry in result["methods"].items():
         m = entry["metrics"]
-        table.add_row(method, *(f"{m[key]:.3f}" for key, _ in METRIC_COLUMNS), str(entry["selection"]["step"]))
+        cells = ("-" if m[key] is None else f"{m[key]:.3f}" for key, _ in METRIC_COLUMNS)
+        table.add_row(method, *cells, str(entry["selection"]["step"]))
     return table
 
 

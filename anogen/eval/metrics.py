@@ -19,17 +19,21 @@ DEFAULT_FPR_LIMIT = 0.3
 
 @dataclass(frozen=True)
 class DetectionMetrics:
-    """Every figure ``anogen eval`` reports for one detector, all in [0, 1]."""
+    """Every figure ``anogen eval`` reports for one detector, all in [0, 1].
+
+    The pixel figures are ``None`` when no test image has an anomalous pixel in a known mask (a data set
+    without masks): they are undefined, not zero.
+    """
 
     image_auroc: float
     image_ap: float
     image_f1_max: float
-    pixel_auroc: float
-    pixel_ap: float
-    pixel_f1_max: float
-    aupro: float
+    pixel_auroc: float | None
+    pixel_ap: float | None
+    pixel_f1_max: float | None
+    aupro: float | None
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
 
 
@@ -210,6 +214,17 @@ def detection_metrics(
         anomaly_maps (`np.ndarray` of shape `(M, H, W)`): the detector's maps for those same images.
         fpr_limit (`float`, defaults to 0.3): AU-PRO's integration limit.
     """
+    gt = np.asarray(pixel_masks).astype(bool)
+    if not gt.any() or gt.all():
+        return DetectionMetrics(
+            image_auroc=roc_auc(image_labels, image_scores),
+            image_ap=average_precision(image_labels, image_scores),
+            image_f1_max=f1_max(image_labels, image_scores)[0],
+            pixel_auroc=None,
+            pixel_ap=None,
+            pixel_f1_max=None,
+            aupro=None,
+        )
     return DetectionMetrics(
         image_auroc=roc_auc(image_labels, image_scores),
         image_ap=average_precision(image_labels, image_scores),

@@ -18,6 +18,7 @@ test set is every ``test/good`` image and every held-out real defect image (``sp
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -170,8 +171,6 @@ def read_synth(path: str | Path, category: str | None = None, max_samples: int |
             # Older synth outputs only point at the adapter; its adapter.json holds the split fit used.
             adapter_json = Path(adapter_path) / ADAPTER_JSON
             if adapter_json.is_file():
-                import json
-
                 split = json.loads(adapter_json.read_text(encoding="utf-8")).get("split")
         if not isinstance(split, dict) or not isinstance(split.get("train"), list):
             raise InputError(
@@ -341,7 +340,13 @@ def _resolve_device(name: str) -> Any:
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"--device {name!r} is not a torch device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name} asked for, but torch sees no CUDA device", hint="use --device auto or cpu")
+    return device
 
 
 def _to_tensor(images: np.ndarray, device: Any) -> Any:
@@ -482,6 +487,7 @@ def run_eval(
     defect image AUROC and pixel AP, the training set sizes and how the weights were selected.
     """
     config.validate()
+    device = _resolve_device(config.device)
     size = config.resolution
     started = time.monotonic()
     normals_all = np.stack([_load_image(p, size) for p in plan.train_normals])
@@ -495,7 +501,6 @@ def run_eval(
     groups = [i.group for i in plan.test]
 
     methods: dict[str, dict[str, Any]] = {}
-    device = _resolve_device(config.device)
     for method in ("anogen", *dict.fromkeys(config.baselines)):
         if method == "anogen":
             pairs = [pair for sd in plan.synth for pair in sd.samples]

@@ -160,3 +160,26 @@ def test_synth_root_with_several_categories_needs_a_category(tmp_path: Path, toy
     plan = json.loads(result.stdout)["plan"]
     assert plan["synth_samples"] == {"stain": 2} and plan["skipped_defects"] == ["hole"]
     assert plan["test_images"] == {"good": 3, "stain": 3}
+
+
+def test_without_truth_masks_pixel_figures_are_undefined_not_zero(toy_tree: Path, synth_tree: Path) -> None:
+    import dataclasses
+
+    category = read_category(toy_tree)
+    for defect in category.defects.values():
+        defect.samples = [dataclasses.replace(s, mask=None) for s in defect.samples]
+    plan = plan_eval(category, read_synth(synth_tree))
+    result = run_eval(plan, EvalConfig(resolution=32, steps=1, batch_size=2, device="cpu"))
+    metrics = result["methods"]["anogen"]["metrics"]
+    assert metrics["pixel_ap"] is None and metrics["aupro"] is None
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+
+
+def test_unavailable_device_is_an_input_error(toy_tree: Path, synth_tree: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    args = ["eval", "--data", str(toy_tree), "--synth", str(synth_tree), "--device", "cuda", "--steps", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "no CUDA device" in result.output
