@@ -183,3 +183,14 @@ def test_unavailable_device_is_an_input_error(toy_tree: Path, synth_tree: Path) 
     args = ["eval", "--data", str(toy_tree), "--synth", str(synth_tree), "--device", "cuda", "--steps", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "no CUDA device" in result.output
+
+
+def test_split_falls_back_to_the_adapter_record(tmp_path: Path, toy_tree: Path) -> None:
+    write_synth(tmp_path / "s", "widget", "stain", [], [], with_split=False)
+    adapter = tmp_path / "s" / "runs" / "widget" / "stain"  # where write_synth's run.json points
+    adapter.mkdir(parents=True)
+    (adapter / "adapter.json").write_text(json.dumps({"split": {"train": ["001"], "held_out": ["000", "002"]}}))
+    (synth,) = read_synth(tmp_path / "s" / "widget" / "stain")
+    assert synth.split_train == ("001",)
+    plan = plan_eval(read_category(toy_tree), [synth])
+    assert [s.stem for s in plan.shots] == ["001"]
