@@ -29,20 +29,18 @@ def _walk(command: Any, path: list[str]) -> list[tuple[list[str], Any]]:
     return found
 
 
-def _param_row(param: Any) -> str:
-    # typer may vendor its own click, so parameters are told apart by kind rather than by class.
+def _param_row(param: Any, ctx: Any) -> str:
+    # typer may vendor its own click, so parameters are told apart by kind rather than by class, and options are
+    # described by the same help record `--help` prints.
     if param.param_type_name == "argument":
         name = param.metavar or param.name.upper()
-        kind = "argument"
         help_text = getattr(param, "help", None) or ""
-    else:
-        name = ", ".join(param.opts + param.secondary_opts)
-        kind = "flag" if param.is_flag else (param.type.name if param.type else "")
-        help_text = param.help or ""
-    default = ""
-    if param.param_type_name == "option" and not param.is_flag and param.default not in (None, (), [], ""):
-        default = f" (default: `{param.default}`)"
-    return f"| `{name}` | {kind} | {help_text.replace('|', '/')}{default} |"
+        return f"| `{name}` | argument | {help_text.replace('|', '/')} |"
+    record = param.get_help_record(ctx)
+    if record is None:
+        return ""
+    names, help_text = record
+    return f"| `{names}` | option | {help_text.replace('|', '/')} |"
 
 
 def render() -> str:
@@ -57,8 +55,9 @@ def render() -> str:
         parts.append(f"\n```\n{command.get_usage(ctx).strip()}\n```\n")
         params = [p for p in command.params if p.name != "help"]
         if params:
-            parts.append("\n| option | type | help |\n| --- | --- | --- |\n")
-            parts.append("\n".join(_param_row(p) for p in params) + "\n")
+            parts.append("\n| parameter | kind | help |\n| --- | --- | --- |\n")
+            rows = [_param_row(p, ctx) for p in params]
+            parts.append("\n".join(row for row in rows if row) + "\n")
         if command.epilog:
             parts.append("\n" + command.epilog.replace("  $ ", "    $ ").strip() + "\n")
     return "".join(parts)
