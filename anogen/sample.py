@@ -817,6 +817,17 @@ def synthesize(
     _check_backbones(jobs)
     summary = SynthSummary()
     cache: dict[tuple[str, str], Backbone] = {}
+    # Every adapter against its loaded backbone first, so that a wrong one stops the run before anything is made.
+    for job in jobs:
+        backbone = _load_backbone_for(job.record, cache, device)
+        made_for = job.record.get("backbone") or {}
+        if backbone.content_hash != made_for.get("content_hash"):
+            raise CompatibilityError(
+                f"{job.adapter_dir / 'adapter.json'}: adapter made for backbone {made_for.get('source')!r} "
+                f"({str(made_for.get('content_hash'))[:12]}), but that backbone now loads as "
+                f"{backbone.content_hash[:12]}",
+                hint="refit the adapter on this backbone, or restore the backbone it was made with",
+            )
     for job in jobs:
         generated, elapsed = _synth_job(job, cache, dist, device, progress)
         dist.barrier()
