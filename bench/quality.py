@@ -110,7 +110,8 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
         backbone = random_toy_backbone()
         backbone_note = "toy architecture, RANDOM weights (the toy asset was missing): figures are not meaningful"
         source = None
-    result: dict[str, Any] = {"backbone": backbone_note, "preset": "toy/object", "couplings": {}}
+    result: dict[str, Any] = {"backbone": backbone_note, "preset": "toy/object", "couplings": {},
+                              "defects": args.get("defects") or "all"}
     for coupling in args.get("couplings", ["saim", "none"]):
         overrides: dict[str, dict[str, Any]] = {
             "adapter": {"coupling": coupling},
@@ -124,7 +125,7 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(runs, ignore_errors=True)
         shutil.rmtree(synth, ignore_errors=True)
         t0 = time.perf_counter()
-        fit(category, resolved, runs, prior_dir=work / "prior", backbone=backbone)
+        fit(category, resolved, runs, defects=args.get("defects"), prior_dir=work / "prior", backbone=backbone)
         fit_s = time.perf_counter() - t0
         logger.info("bench quality: fit %s in %.1f s", coupling, fit_s)
         entry: dict[str, Any] = {"fit_s": round(fit_s, 1), "fit_steps": resolved.train.steps,

@@ -168,6 +168,12 @@ def _quality_section(part: dict[str, Any]) -> list[str]:
     lines.append(f"Measured {part.get('measured_at')} in {part.get('seconds')} s on {part.get('backbone')}, preset "
                  f"`{part.get('preset')}` (BCM on, as the preset; only the coupling differs). Load average before / "
                  f"after {part.get('load_average_before')} / {part.get('load_average_after')}.")
+    st = part.get("settings") or {}
+    lines.append(f"Settings: defect types {st.get('defects') or 'all'}; {st.get('fit_steps') or 'the preset'} fit "
+                 f"steps per adapter (the preset trains 300); {st.get('count') or 'the preset'} accepted samples "
+                 f"per defect type; `anogen eval` {st.get('eval_steps')} steps per method (its default is 400); seed "
+                 f"{st.get('seed')}. These are cut to keep the whole bench near an hour on two shared cores, so the "
+                 "figures show the direction, not the best anogen can do.")
     lines.append("")
     if "error" in part:
         return [*lines, f"Failed: {part['error'][:1500]}", ""]
@@ -223,6 +229,27 @@ def _quality_section(part: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _analysis(parts: dict[str, Any]) -> list[str]:
+    """One line per speed part: the dual UNet call's overhead split into LoRA, SAIM and BCM (from the timings)."""
+    lines = []
+    for name, label in (("sd15", "SD-1.5 size"), ("toy", "toy")):
+        part = parts.get(name)
+        if not part:
+            continue
+        r = ratios(part)
+        if r["step"] is None:
+            continue
+        bits = [f"one dual UNet call costs {r['step']:.2f}x a stock call"]
+        if r["step_lora_only"] is not None:
+            bits.append(f"per-branch LoRA alone {r['step_lora_only']:.2f}x")
+        if r["step_saim_only"] is not None:
+            bits.append(f"SAIM alone {r['step_saim_only']:.2f}x")
+        if r["step_bcm"] is not None:
+            bits.append(f"with BCM {r['step_bcm']:.2f}x")
+        lines.append(f"- {label}: " + ", ".join(bits) + ".")
+    return lines
+
+
 def render(results: dict[str, Any], *, threads: int = 2) -> str:
     """The whole docs/benchmarks.md."""
     parts = results.get("parts", {})
@@ -274,12 +301,39 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
         lines.append(f"| export vs plain copy of the same bytes (no goal) | toy | "
                      f"{t['export']['median_s'] / t['plain_copy']['median_s']:.2f}x | - | - |")
     lines.append("")
+    analysis = _analysis(parts)
+    if analysis:
+        lines += ["### Where the time goes", "", *analysis, ""]
     lines += ["## Speed and memory", ""]
     for name, title in (("sd15", "SD-1.5 size"), ("toy", "Toy backbone")):
         if name in parts:
             lines += _speed_section(title, parts[name])
     if "quality" in parts:
         lines += _quality_section(parts["quality"])
+    lines += ["## What is measured", "",
+              "- **synth vs pipeline**: anogen's `sample_pairs` (text encoding, joint denoising of P pairs, VAE "
+              "decoding, uint8) against diffusers' `StableDiffusionPipeline` on the same UNet / VAE / text encoder "
+              "and scheduler making 2P images (`output_type=\"np\"`, no safety checker), same steps and guidance. "
+              "The dual adapter has non-zero LoRA up-projections and SAIM outputs (as after training).",
+              "- **end-to-end vs bare loop**: `sample_pairs` plus what synth does per attempt "
+              "(`anogen.sample._write_attempt`: mask from the part image, three atomic PNG writes, a fsync'ed "
+              "manifest row) against the denoising loop alone (initial noise, scheduler, dual UNet with guidance; "
+              "no text encoder, no VAE, no files).",
+              "- **fit vs peft**: one anogen step (`draw_batch` + `pair_loss` + backward + AdamW on the adapter) "
+              "against diffusers' LoRA recipe (`unet.add_adapter(LoraConfig(r, to_q/to_k/to_v/to_out.0))`, "
+              "noise MSE, AdamW) on exactly the same latents, noise and timesteps (2P samples).",
+              "- **one UNet call**: the stock UNet against the dual one on the same batch, with the dual parts "
+              "switched on one at a time (LoRA only = `coupling none`; SAIM only = rank 0): where the time goes.",
+              "- **memory**: each side alone in a fresh process (`resource.getrusage` peak RSS; "
+              "`torch.cuda.max_memory_allocated` on a GPU).",
+              "- **SD-1.5 size on a CPU**: the published SD-1.5 UNet / VAE / CLIP-L configs with cheap random "
+              "weights (shared random pools, see `bench/common.py`); the arithmetic does not depend on the values. "
+              "One denoising step without guidance at 256 px, because one SD-1.5 UNet call takes tens of seconds "
+              "on two shared cores; the preset's 30 guided steps are projected from the measured per-call and "
+              "fixed costs (the projection assumes a UNet call's cost is proportional to its batch).",
+              "- **quality**: see its section; fewer defect types and fit steps than the preset to fit the "
+              "hour (stated there).",
+              ""]
     lines += ["## How to run", "",
               "```", "python -m bench            # everything (about an hour on 2 shared cores)",
               "python -m bench --quick    # plumbing check, a few minutes", "python -m bench --parts quality",

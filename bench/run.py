@@ -51,7 +51,10 @@ def settings(quick: bool, gpu: bool) -> dict[str, dict[str, Any]]:
         sd15 = dict(backbone="sd15", resolution=256, pairs=1, steps=1, guidance=1.0, sampler="dpmsolver++", rank=32,
                     saim_width=320, repeats=2, bcm=True, fit_pairs=1, fit_repeats=2, calls=1, project_steps=30,
                     project_guided=True)
-    quality = dict(backbone="toy", fit_steps=None, count=None, eval_steps=400, repeats=3, seed=0)
+    # Two of the three toy defect types and a third of the preset's 300 fit steps keep the part near 20 minutes
+    # on two shared cores (one toy fit step takes ~1.5 s there); eval at 100 steps per method, not 400.
+    quality = dict(backbone="toy", fit_steps=100, count=12, eval_steps=100, repeats=3, seed=0,
+                   defects=["stain", "hole"])
     if quick:
         toy.update(pairs=2, steps=4, repeats=2, fit_repeats=3, calls=1)
         sd15.update(resolution=64, repeats=1, fit_repeats=1)
@@ -64,10 +67,13 @@ def _speed_part(config: dict[str, Any], threads: int) -> dict[str, Any]:
     if "resolution" in config:
         common["resolution"] = config["resolution"]
     out: dict[str, Any] = {"settings": config}
-    out["synth"] = run_worker("synth", {**common, "repeats": config["repeats"]}, threads=threads)
-    out["unet_step"] = run_worker("unet_step", {**common, "repeats": max(config["repeats"], 2)}, threads=threads)
+    speed_args = {**common, "repeats": config["repeats"], "fit_pairs": config["fit_pairs"],
+                  "fit_repeats": config["fit_repeats"]}
+    timed = run_worker("speed", speed_args, threads=threads)
+    for key in ("synth", "unet_step", "fit"):
+        out[key] = timed.get(key, {"error": timed.get("error", "missing")})
+    out["speed_process"] = {k: timed.get(k) for k in ("process_peak_rss_mb", "wall_s")}
     fit_args = {**common, "pairs": config["fit_pairs"], "repeats": config["fit_repeats"]}
-    out["fit"] = run_worker("fit", fit_args, threads=threads)
     out["memory"] = {}
     for what in ("synth", "pipeline", "fit", "peft"):
         args = {**(fit_args if what in ("fit", "peft") else common), "what": what, "calls": config["calls"]}
@@ -84,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=None, help="raw JSON (default: --out with .json)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads per worker")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--quality-backbone", default="toy",
+                        help="backbone of the quality part: toy (default), or a folder, e.g. a pretraining checkpoint")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="other results JSON files whose parts join this report (parts measured separately)")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of the parts not run now")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -99,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         previous = {}
     if previous.get("quick") != args.quick:
         previous = {}  # never mix quick and full figures in one report
+    for extra in args.merge:
+        other = json.loads(extra.read_text())
+        if other.get("quick") == args.quick:
+            previous.setdefault("parts", {}).update(other.get("parts", {}))
+            previous["quick"] = args.quick
     import torch
 
     gpu = torch.cuda.is_available()
@@ -113,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         if part in ("toy", "sd15"):
             data = _speed_part(config[part], args.threads)
         else:
-            data = run_worker("quality", {**config["quality"], "work": str(work / "quality")}, threads=args.threads)
+            quality_args = {**config["quality"], "work": str(work / "quality"), "backbone": args.quality_backbone}
+            data = run_worker("quality", quality_args, threads=args.threads)
+            data["settings"] = quality_args
         data["measured_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         data["seconds"] = round(time.perf_counter() - t0, 1)
         data["load_average_before"] = load_before

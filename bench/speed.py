@@ -51,14 +51,21 @@ def _device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_BACKBONES: dict[tuple[str, Any], tuple[Any, str]] = {}
+
+
 def _setup(args: dict[str, Any]) -> tuple[Any, str]:
+    """The backbone of a task, built once per process (building SD-1.5 takes a while on a shared CPU)."""
     import torch
 
-    backbone, description = make_backbone(args["backbone"], args.get("resolution"))
-    if _device().type != "cpu":
-        backbone.to(_device())
+    key = (args["backbone"], args.get("resolution"))
+    if key not in _BACKBONES:
+        backbone, description = make_backbone(args["backbone"], args.get("resolution"))
+        if _device().type != "cpu":
+            backbone.to(_device())
+        _BACKBONES[key] = (backbone, description)
     torch.manual_seed(0)
-    return backbone, description
+    return _BACKBONES[key]
 
 
 def _sync() -> None:
@@ -376,6 +383,25 @@ def task_fit(args: dict[str, Any]) -> dict[str, Any]:
     return {"backbone": description, "pairs": args["pairs"], "samples": 2 * int(args["pairs"]), "rank": args["rank"],
             "saim_width": args.get("saim_width"), "timings": timings,
             "trainable": {"anogen": adapter.num_trainable(), "peft": sum(p.numel() for p in peft_params)}}
+
+
+def task_speed(args: dict[str, Any]) -> dict[str, Any]:
+    """synth, unet_step and fit in one process (one start-up, one backbone); fit last, as it trains the UNet."""
+    fit_args = {**args, "pairs": args["fit_pairs"], "repeats": args["fit_repeats"]}
+    return {
+        "synth": _guard(task_synth, args),
+        "unet_step": _guard(task_unet_step, {**args, "repeats": max(int(args["repeats"]), 2)}),
+        "fit": _guard(task_fit, fit_args),
+    }
+
+
+def _guard(fn: Any, args: dict[str, Any]) -> dict[str, Any]:
+    import traceback
+
+    try:
+        return fn(args)
+    except Exception:  # one failed measurement must not lose the others; the report shows the error
+        return {"error": traceback.format_exc()[-2000:]}
 
 
 # ------------------------------------------------------------------------------------------------ memory

@@ -19,6 +19,7 @@ def main(argv: list[str]) -> None:
     from bench.common import gpu_peak_mb, peak_rss_mb
 
     tasks = {
+        "speed": speed.task_speed,
         "synth": speed.task_synth,
         "unet_step": speed.task_unet_step,
         "fit": speed.task_fit,
