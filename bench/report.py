@@ -247,6 +247,13 @@ def _analysis(parts: dict[str, Any]) -> list[str]:
         if r["step_bcm"] is not None:
             bits.append(f"with BCM {r['step_bcm']:.2f}x")
         lines.append(f"- {label}: " + ", ".join(bits) + ".")
+        synth = part.get("synth") or {}
+        writes, e2e, loop = _med(synth, "anogen_writes"), _med(synth, "anogen_e2e"), _med(synth, "bare_loop")
+        if None not in (writes, e2e, loop) and e2e > loop:  # type: ignore[operator]
+            share = writes / (e2e - loop)  # type: ignore[operator]
+            lines.append(f"  End-to-end extras over the bare loop: {e2e - loop:.2f} s per call "  # type: ignore[operator]
+                         f"({e2e / loop:.2f}x), of which masks + PNG writes {writes:.2f} s ({share:.0%}); the rest is "
+                         "text encoding, VAE decoding and conversion.")
     return lines
 
 

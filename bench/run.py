@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1))
         args.out.write_text(render(results, threads=args.threads))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     results["machine"] = machine()
     results["seconds_this_run"] = round(time.perf_counter() - started, 1)
     results_path.write_text(json.dumps(results, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -209,7 +210,10 @@ def task_synth(args: dict[str, Any]) -> dict[str, Any]:
     if bcm_adapter is not None:
         fns["anogen_bcm"] = run_bcm
     warmup, repeats = int(args.get("warmup", 1)), int(args["repeats"])
-    timings = interleaved(fns, repeats, warmup=warmup, around=around)
+    try:
+        timings = interleaved(fns, repeats, warmup=warmup, around=around)
+    finally:
+        shutil.rmtree(out_root, ignore_errors=True)
     from bench.common import summary
 
     timings["anogen_sample"] = summary(sample_times[warmup:])
