@@ -254,6 +254,18 @@ def _analysis(parts: dict[str, Any]) -> list[str]:
             lines.append(f"  End-to-end extras over the bare loop: {e2e - loop:.2f} s per call "  # type: ignore[operator]
                          f"({e2e / loop:.2f}x), of which masks + PNG writes {writes:.2f} s ({share:.0%}); the rest is "
                          "text encoding, VAE decoding and conversion.")
+    if any((ratios(parts[n])["synth"] or 0) > GOALS["synth"] for n in ("toy", "sd15") if n in parts):
+        lines += [
+            "- Why synth misses its goal where it does: every dual UNet call pays (a) the per-branch LoRA, computed "
+            "unmerged (two rank-r matmuls per projection, four projections per attention module), and (b) SAIM on "
+            "every attention module (LayerNorm and five linear layers over all tokens). Merging the LoRA per branch "
+            "for sampling (W_b = W + s * up_b @ down_b, applied as one batched matmul on the (P, 2, N, C) view: the "
+            "FLOPs of the stock projection) would bring a call down to about the \"SAIM only\" figure above. SAIM "
+            "can be cut too without changing its output: proj_in has no non-linearity after it, so it folds into "
+            "q/k/v (one C->3W matmul instead of C->W then three W->W), and with two tokens the keys enter only "
+            "through k0 - k1 = W_k (h0 - h1), so k needs one row per pair, not two. Neither is implemented "
+            "yet (they belong in anogen/model/dual.py).",
+        ]
     return lines
 
 
