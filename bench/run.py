@@ -95,11 +95,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="backbone of the quality part: toy (default), or a folder, e.g. a pretraining checkpoint")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="other results JSON files whose parts join this report (parts measured separately)")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite the report from the results JSON (and --merge files)")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of the parts not run now")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    parts = [] if args.render else [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {unknown}; choose from {PARTS}")
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(render(results, threads=args.threads))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    results["machine"] = machine()
+    if parts or "machine" not in results:
+        results["machine"] = machine()
     results["seconds_this_run"] = round(time.perf_counter() - started, 1)
     results_path.write_text(json.dumps(results, indent=1))
     args.out.write_text(render(results, threads=args.threads))
