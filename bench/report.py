@@ -289,6 +289,7 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               "each part lists its load average. Contestants are timed interleaved (A, B, A, B, ...) after one "
               "untimed warm-up round and compared by medians, so load changes hit both sides alike; absolute "
               "seconds are inflated by the load, ratios much less so.",
+              *[f"- {note}" for note in results.get("notes") or []],
               ""]
     lines += ["## Goals", "",
               "A pair counts as two images in every ratio; BCM off for the goals (its cost is listed separately).", "",

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="other results JSON files whose parts join this report (parts measured separately)")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: rewrite the report from the results JSON (and --merge files)")
+    parser.add_argument("--note", action="append", default=None,
+                        help="a sentence for the report's notes (repeatable; replaces the earlier notes)")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of the parts not run now")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
 
     gpu = torch.cuda.is_available()
     config = settings(args.quick, gpu)
-    results: dict[str, Any] = {"schema_version": 1, "quick": args.quick, "parts": dict(previous.get("parts", {}))}
+    results: dict[str, Any] = {"schema_version": 1, "quick": args.quick, "parts": dict(previous.get("parts", {})),
+                               "notes": args.note if args.note is not None else previous.get("notes", [])}
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="anogen-bench-"))
     for part in parts:
