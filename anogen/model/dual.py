@@ -86,6 +86,72 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return F.linear(x, _cast(layer.weight, x), _cast(layer.bias, x))
 
 
+# ------------------------------------------------------------------------- inference fast path (no grad)
+#
+# Without autograd the adapter's weights are constants between optimiser steps, so products of them can be
+# precomputed: per-branch merged LoRA weights, SAIM's proj_in folded into q/k/v, BCM's fc1 folded into fc2.
+# The results equal the plain path's up to float rounding (tests/model/test_dual.py checks it). Training, i.e.
+# any call with gradients enabled, always takes the plain path, so gradients reach the unmerged weights and
+# the parameters (and the adapter file's keys) are the same either way.
+
+
+def _fast(module: nn.Module) -> bool:
+    """Whether ``module`` computes with its precomputed inference weights in this call."""
+    return getattr(module, "fast_inference", True) and not torch.is_grad_enabled()
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the matmuls of ``x`` run in: the autocast dtype inside an autocast region, else ``x``'s own."""
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _version_key(*tensors: torch.Tensor | None) -> tuple[Any, ...] | None:
+    """Identity and in-place version of ``tensors``: changes whenever one of them is replaced or modified in place
+    (optimiser steps, ``load_adapter_state_dict``, ``.to()``); ``None`` when a tensor keeps no version counter
+    (created under ``torch.inference_mode``), which disables caching."""
+    key: list[Any] = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+            continue
+        try:
+            key.append((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)))
+        except RuntimeError:  # inference tensors have no version counter
+            return None
+    return tuple(key)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 to fold weights with (float32 where the device has no float64)."""
+    return t.float() if t.device.type == "mps" else t.double()
+
+
+class _InferenceCache:
+    """One slot per compute dtype of precomputed weights, rebuilt when its source tensors change.
+
+    A plain attribute, not a buffer: it never reaches ``state_dict`` (the adapter file is unchanged) and
+    ``.to()`` does not move it (the key holds the device, so moving the adapter rebuilds it).
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[torch.dtype, tuple[tuple[Any, ...], tuple[torch.Tensor | None, ...]]] = {}
+
+    def get(self, key: tuple[Any, ...] | None, dtype: torch.dtype, build: Any) -> tuple[torch.Tensor | None, ...]:
+        slot = self.slots.get(dtype)
+        if key is not None and slot is not None and slot[0] == key:
+            return slot[1]
+        with torch.no_grad():
+            value = tuple(None if t is None else t.to(dtype).contiguous() for t in build())
+        if key is not None:
+            self.slots[dtype] = (key, value)
+        return value
+
+    def clear(self) -> None:
+        self.slots.clear()
+
+
 def _seeded_linear(
     in_features: int, out_features: int, generator: torch.Generator, *, zero: bool = False, bias: bool = True
 ) -> nn.Linear:
@@ -128,6 +194,8 @@ class BranchLoRA(nn.Module):
         down.normal_(0.0, 1.0 / rank, generator=generator)
         self.down = nn.Parameter(down)
         self.up = nn.Parameter(torch.zeros(2, out_features, rank))
+        self.fast_inference = True
+        self._cache = _InferenceCache()
 
     def delta(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """The LoRA term for ``x`` (``(2P, N, in)`` pairs in ``main`` mode, ``(P, N, in)`` whole rows in ``record``)."""
@@ -139,6 +207,39 @@ class BranchLoRA(nn.Module):
         pairs = x.unflatten(0, (-1, 2))
         mid = torch.matmul(pairs, down.transpose(1, 2).unsqueeze(0))
         return torch.matmul(mid, up.transpose(1, 2).unsqueeze(0)).flatten(0, 1)
+
+    def merged(self, base: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-branch merged weights ``W_b = W + scale * up_b @ down_b``, transposed to ``(2, in, out)``, and the
+        base bias, in ``dtype``; cached until one of the weights changes (inference only: no gradient)."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor | None]:
+            weight = _wide(base.weight) + self.scale * torch.matmul(_wide(self.up), _wide(self.down))
+            return weight.transpose(1, 2), base.bias
+
+        key = _version_key(base.weight, base.bias, self.up, self.down)
+        weight_t, bias = self._cache.get(None if key is None else (*key, self.scale), dtype, build)
+        assert weight_t is not None
+        return weight_t, bias
+
+    def project_merged(self, base: nn.Linear, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """``base(x) + delta(x, mode)`` with the merged weights: one matmul per branch, the FLOPs of ``base(x)``."""
+        dtype = _compute_dtype(x)
+        weight_t, bias = self.merged(base, dtype)
+        x = x.to(dtype)
+        if mode == "record":
+            return F.linear(x, weight_t[0].t(), bias)
+        pairs = x.unflatten(0, (-1, 2))  # (P, 2, N, in)
+        n_pairs, _, tokens, in_features = pairs.shape
+        out = x.new_empty(n_pairs, 2, tokens, weight_t.shape[-1])
+        # one batched matmul per branch on the strided (P, N, in) view, written straight into the pair layout:
+        # no copy of the activations and no broadcast copy of the weights
+        for b in (0, 1):
+            weight = weight_t[b].expand(n_pairs, in_features, weight_t.shape[-1])
+            if bias is None:
+                torch.bmm(pairs[:, b], weight, out=out[:, b])
+            else:
+                torch.baddbmm(bias, pairs[:, b], weight, out=out[:, b])
+        return out.flatten(0, 1)
 
 
 class SAIM(nn.Module):
@@ -164,9 +265,13 @@ class SAIM(nn.Module):
         self.k = _seeded_linear(width, width, generator)
         self.v = _seeded_linear(width, width, generator)
         self.proj_out = _seeded_linear(width, channels, generator, zero=True)
+        self.fast_inference = True
+        self._cache = _InferenceCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (2P, N, C) in the pair layout -> ``x + SAIM(x)``, same shape."""
+        if _fast(self):
+            return self._forward_folded(x)
         h = F.layer_norm(x, (x.shape[-1],), _cast(self.norm.weight, x), _cast(self.norm.bias, x), self.norm.eps)
         h = _linear(h, self.proj_in)
         q = _linear(h, self.q).unflatten(0, (-1, 2))  # (P, 2, N, W)
@@ -178,6 +283,57 @@ class SAIM(nn.Module):
         w0 = torch.sigmoid((q * (k0 - k1)).sum(-1, keepdim=True) * (self.width**-0.5))
         mixed = (v1 + w0 * (v0 - v1)).flatten(0, 1)
         return x + _linear(mixed, self.proj_out)
+
+    def _folded(self, dtype: torch.dtype) -> tuple[torch.Tensor | None, ...]:
+        """Inference weights: the LayerNorm affine and ``proj_in`` folded into q, k, v (nothing non-linear lies
+        between them), the key scale 1/sqrt(W) into k, and ``proj_out`` into v when that is cheaper.
+
+        Returns ``(qv_weight, qv_bias, k_weight, out_weight, out_bias)``; ``out_*`` are ``None`` when folded.
+        """
+
+        def build() -> tuple[torch.Tensor | None, ...]:
+            gamma, beta = _wide(self.norm.weight), _wide(self.norm.bias)
+            w_in, b_in = _wide(self.proj_in.weight), _wide(self.proj_in.bias)
+            # proj_in(gamma * n + beta) = (w_in * gamma) n + (w_in beta + b_in), n the plain normalised input
+            w_in, b_in = w_in * gamma, w_in @ beta + b_in
+            wq, wk, wv = (_wide(m.weight) for m in (self.q, self.k, self.v))
+            bq, bv = _wide(self.q.bias), _wide(self.v.bias)
+            # the keys enter only through k0 - k1 = wk w_in (n0 - n1): biases cancel
+            k_weight = (wk @ w_in) * self.width**-0.5
+            q_weight, q_bias = wq @ w_in, wq @ b_in + bq
+            v_weight, v_bias = wv @ w_in, wv @ b_in + bv
+            w_out, b_out = _wide(self.proj_out.weight), _wide(self.proj_out.bias)
+            channels = w_in.shape[1]
+            out_weight: torch.Tensor | None = w_out
+            out_bias: torch.Tensor | None = b_out
+            # the mix v1 + w0 (v0 - v1) is affine with weights summing to 1, so proj_out (bias included) moves
+            # inside it; one C->C matmul instead of C->W and W->C when C <= 2W
+            if channels <= 2 * self.width:
+                v_weight, v_bias = w_out @ v_weight, w_out @ v_bias + b_out
+                out_weight = out_bias = None
+            return (torch.cat([q_weight, v_weight]), torch.cat([q_bias, v_bias]), k_weight, out_weight, out_bias)
+
+        params = (self.norm.weight, self.norm.bias, self.proj_in.weight, self.proj_in.bias)
+        for m in (self.q, self.k, self.v, self.proj_out):
+            params += (m.weight, m.bias)
+        return self._cache.get(_version_key(*params), dtype, build)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without gradients: two matmuls (q and v of every row, the key difference once per
+        pair) instead of five; equal up to float rounding."""
+        qv_weight, qv_bias, k_weight, out_weight, out_bias = self._folded(_compute_dtype(x))
+        assert qv_weight is not None and k_weight is not None
+        n = F.layer_norm(x, (x.shape[-1],), None, None, self.norm.eps)
+        qv = F.linear(n, qv_weight, qv_bias).unflatten(0, (-1, 2))  # (P, 2, N, W + W_v)
+        q, v = qv[..., : self.width], qv[..., self.width :]
+        pairs = n.unflatten(0, (-1, 2))
+        k_diff = F.linear(pairs[:, 0] - pairs[:, 1], k_weight).unsqueeze(1)  # (P, 1, N, W), already scaled
+        w0 = torch.sigmoid((q * k_diff).sum(-1, keepdim=True))
+        v0, v1 = v[:, 0:1], v[:, 1:2]
+        mixed = (v1 + w0 * (v0 - v1)).flatten(0, 1)
+        if out_weight is not None:
+            mixed = F.linear(mixed, out_weight, out_bias)
+        return x + mixed
 
 
 class BCM(nn.Module):
@@ -196,6 +352,8 @@ class BCM(nn.Module):
         self.fc1 = _seeded_linear(channels, channels, generator)
         self.fc2 = _seeded_linear(channels, channels, generator)
         self.alpha = nn.Parameter(torch.zeros(()))
+        self.fast_inference = True
+        self._cache = _InferenceCache()
 
     def mix(self, hidden_states: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """``hidden_states`` (2P, N, C) pairs, ``reference`` (P, N, C) -> key/value input (2P, N, C)."""
@@ -205,7 +363,20 @@ class BCM(nn.Module):
                 f"BCM: {reference.shape[0]} background rows for {pairs.shape[0]} pairs (one background per pair)"
             )
         whole = pairs[:, 0]
-        projected = _linear(_linear(reference.to(whole.dtype), self.fc1), self.fc2)
+        if _fast(self):
+            # fc2(fc1(.)) has no non-linearity: one folded C->C matmul at inference
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            weight, bias = self._cache.get(
+                _version_key(*params),
+                _compute_dtype(whole),
+                lambda: (
+                    _wide(self.fc2.weight) @ _wide(self.fc1.weight),
+                    _wide(self.fc2.weight) @ _wide(self.fc1.bias) + _wide(self.fc2.bias),
+                ),
+            )
+            projected = F.linear(reference.to(whole.dtype), weight, bias)  # type: ignore[arg-type]
+        else:
+            projected = _linear(_linear(reference.to(whole.dtype), self.fc1), self.fc2)
         mixed = whole + _cast(self.alpha, whole) * (projected - whole)
         return torch.stack([mixed, pairs[:, 1]], dim=1).flatten(0, 1)
 
@@ -248,10 +419,12 @@ class DualAttnProcessor(nn.Module):
         self.bcm = BCM(attn.to_q.in_features, generator) if (config.bcm and self.is_self_attention) else None
 
     def _project(self, name: str, base: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-        out = base(x)
-        if self.lora is not None:
-            out = out + self.lora[name].delta(x, mode)
-        return out
+        if self.lora is None:
+            return base(x)
+        lora: BranchLoRA = self.lora[name]  # type: ignore[assignment]
+        if _fast(lora) and type(base) is nn.Linear:
+            return lora.project_merged(base, x, mode)
+        return base(x) + lora.delta(x, mode)
 
     def __call__(  # type: ignore[override]  # diffusers inspects this signature for the kwargs it forwards
         self,
@@ -458,6 +631,26 @@ class DualAdapter(nn.Module):
     def is_installed(self, unet: UNet2DConditionModel) -> bool:
         """Whether :meth:`install` put this adapter on ``unet`` (or on the module a ``torch.compile`` wraps)."""
         return id(getattr(unet, "_orig_mod", unet)) in self._installed_on
+
+    def set_fast_inference(self, enabled: bool = True) -> None:
+        """Switch the no-grad fast path (merged per-branch LoRA, folded SAIM and BCM weights) on or off.
+
+        On by default. It only ever applies while gradients are disabled (``torch.no_grad()``, as in sampling)
+        and equals the plain path up to float rounding; off, every call computes with the unmerged weights.
+        """
+        for module in self.modules():
+            if hasattr(module, "fast_inference"):
+                module.fast_inference = enabled
+        if not enabled:
+            self.clear_inference_cache()
+
+    def clear_inference_cache(self) -> None:
+        """Free the precomputed inference weights (two merged copies of every LoRA'd projection); they are
+        rebuilt on the next no-grad call. They are also rebuilt by themselves whenever a weight changes."""
+        for module in self.modules():
+            cache = getattr(module, "_cache", None)
+            if isinstance(cache, _InferenceCache):
+                cache.clear()
 
     def forward(
         self,

@@ -228,6 +228,8 @@ def test_bcm_with_zero_gate_equals_no_bcm(tiny_backbone):
 
 
 def _first_layer_kv_inputs(unet, adapter, latents, t, emb, background):
+    # the hook observes to_k's input, which only the plain path calls (the fast path uses merged weights)
+    adapter.set_fast_inference(False)
     seen = []
     handle = unet.get_submodule(FIRST_ATTN1).to_k.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     try:
@@ -438,3 +440,112 @@ def test_adapter_forward_works_under_ddp(tiny_backbone, tmp_path):
         dist.destroy_process_group()
     torch.testing.assert_close(out.detach(), expected)
     assert all(p.grad is not None for p in adapter.parameters())
+
+
+# ----------------------------------------------------------------- inference fast path (merged / folded weights)
+
+
+def _randomise_everything(adapter: DualAdapter, seed: int = 3) -> None:
+    """Non-zero LoRA, SAIM (LayerNorm affine included) and BCM weights, as after training."""
+    _randomise(adapter, seed, scale=0.2)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if ".saim.norm." in name:
+                param.add_(torch.randn(param.shape, generator=g) * 0.3)
+
+
+def _training_path(unet, adapter, latents, t, emb, background):
+    """The path training takes (gradients enabled, unmerged weights), detached."""
+    with torch.enable_grad():
+        return dual_forward(unet, adapter, latents, t, emb, background_latents=background).detach()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AdapterConfig(rank=4),
+        AdapterConfig(rank=4, saim_width=16),  # C = 32 folds proj_out into v, C = 64 keeps it (C > 2W)
+        AdapterConfig(rank=4, coupling="none"),
+        AdapterConfig(rank=0),
+        AdapterConfig(rank=4, bcm=True, saim_width=16),
+        AdapterConfig(rank=4, bcm=True, coupling="none"),
+    ],
+    ids=["saim", "saim-bottleneck", "lora-only", "saim-only", "saim+bcm", "lora+bcm"],
+)
+def test_fast_inference_path_equals_the_training_path(tiny_backbone, config):
+    latents, t, emb, background = _inputs(tiny_backbone)
+    background = background if config.bcm else None
+    unet, adapter = _dual(tiny_backbone, config)
+    _randomise_everything(adapter)
+    expected = _training_path(unet, adapter, latents, t, emb, background)
+    calls = []
+    hook = unet.get_submodule(FIRST_ATTN1).to_q.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            got = dual_forward(unet, adapter, latents, t, emb, background_latents=background)
+            again = dual_forward(unet, adapter, latents, t, emb, background_latents=background)  # from the cache
+    finally:
+        hook.remove()
+    assert calls == ([] if config.rank else [1, 1])  # the fast path bypasses the base projection when merging
+    scale = expected.abs().max().item()
+    # the adapter really changes both branches, so the comparison is not between two stock outputs
+    stock = torch.cat([_stock(tiny_backbone.unet, latents[b::2], t[b::2], emb[b::2]) for b in (0, 1)])
+    assert (torch.cat([expected[0::2], expected[1::2]]) - stock).abs().max() > 1e-2 * scale
+    for branch in (0, 1):  # whole rows, part rows
+        torch.testing.assert_close(got[branch::2], expected[branch::2], atol=1e-5 * scale, rtol=1e-5)
+    assert torch.equal(again, got)
+
+
+def test_fast_path_off_is_the_plain_path_and_the_cache_follows_weight_changes(tiny_backbone):
+    latents, t, emb, background = _inputs(tiny_backbone, pairs=1)
+    unet, adapter = _dual(tiny_backbone, AdapterConfig(rank=4, bcm=True, saim_width=16))
+    _randomise_everything(adapter)
+    keys = sorted(adapter.adapter_state_dict())
+    with torch.no_grad():
+        dual_forward(unet, adapter, latents, t, emb, background_latents=background)  # fills the cache
+        # in-place updates, as an optimiser step or load_adapter_state_dict make them
+        other = DualAdapter.from_unet(unet, adapter.config, seed=7)
+        _randomise_everything(other, seed=11)
+        adapter.load_adapter_state_dict(other.adapter_state_dict())
+        fast = dual_forward(unet, adapter, latents, t, emb, background_latents=background)
+        adapter.set_fast_inference(False)
+        plain = dual_forward(unet, adapter, latents, t, emb, background_latents=background)
+    assert torch.equal(plain, _training_path(unet, adapter, latents, t, emb, background))
+    torch.testing.assert_close(fast, plain, atol=1e-5 * plain.abs().max().item(), rtol=1e-5)
+    assert sorted(adapter.adapter_state_dict()) == keys  # the cache never reaches the adapter file
+
+
+def test_training_after_fast_inference_gets_the_plain_gradients(tiny_backbone):
+    latents, t, emb, background = _inputs(tiny_backbone, pairs=1)
+    config = AdapterConfig(rank=4, bcm=True, saim_width=16)
+    grads = []
+    for warm in (False, True):
+        unet, adapter = _dual(tiny_backbone, config)
+        _randomise_everything(adapter)
+        if warm:
+            with torch.no_grad():
+                dual_forward(unet, adapter, latents, t, emb, background_latents=background)
+        dual_forward(unet, adapter, latents, t, emb, background_latents=background).pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in adapter.parameters()]))
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_fast_path_in_half_precision_and_bf16_autocast(tiny_backbone):
+    latents, t, emb, background = _inputs(tiny_backbone, pairs=1)
+    unet, adapter = _dual(tiny_backbone, AdapterConfig(rank=4, bcm=True, saim_width=16))
+    _randomise_everything(adapter)
+    expected = _training_path(unet, adapter, latents, t, emb, background)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = dual_forward(unet, adapter, latents, t, emb, background_latents=background)
+    assert (bf16.float() - expected).abs().max() <= 0.05 * expected.abs().max()
+    unet_half = copy.deepcopy(tiny_backbone.unet).half()
+    half_adapter = DualAdapter.from_unet(unet_half, adapter.config, seed=0)
+    half_adapter.load_adapter_state_dict(adapter.adapter_state_dict())
+    half_adapter.install(unet_half)
+    with torch.no_grad():
+        half = dual_forward(
+            unet_half, half_adapter, latents.half(), t, emb.half(), background_latents=background.half()
+        )
+    assert half.dtype == torch.float16 and all(p.dtype == torch.float32 for p in half_adapter.parameters())
+    assert (half.float() - expected).abs().max() <= 0.01 * expected.abs().max()
