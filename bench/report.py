@@ -356,7 +356,9 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               ""]
     lines += ["## How to run", "",
               "```", "python -m bench            # everything (about an hour on 2 shared cores)",
-              "python -m bench --quick    # plumbing check, a few minutes", "python -m bench --parts quality",
+              "python -m bench --quick    # plumbing check (10-15 min on 2 loaded cores, mostly process start-ups)",
+              "python -m bench --parts quality --quality-backbone toy",
+              "python -m bench --render   # rewrite this file from docs/benchmarks.json",
               "```", "",
               "Not part of CI. `--parts` reruns some parts and keeps the others' last figures (each part is dated).",
               ""]
