@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--quality-backbone", default="toy",
                         help="backbone of the quality part: toy (default), or a folder, e.g. a pretraining checkpoint")
+    parser.add_argument("--quality-fit-steps", type=int, default=None,
+                        help="fit steps per adapter in the quality part (default 100; the preset trains 300)")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="other results JSON files whose parts join this report (parts measured separately)")
     parser.add_argument("--render", action="store_true",
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             data = _speed_part(config[part], args.threads)
         else:
             quality_args = {**config["quality"], "work": str(work / "quality"), "backbone": args.quality_backbone}
+            if args.quality_fit_steps:
+                quality_args["fit_steps"] = args.quality_fit_steps
             data = run_worker("quality", quality_args, threads=args.threads)
             data["settings"] = quality_args
         data["measured_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
