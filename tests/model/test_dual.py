@@ -549,3 +549,19 @@ def test_fast_path_in_half_precision_and_bf16_autocast(tiny_backbone):
         )
     assert half.dtype == torch.float16 and all(p.dtype == torch.float32 for p in half_adapter.parameters())
     assert (half.float() - expected).abs().max() <= 0.01 * expected.abs().max()
+
+
+@pytest.mark.parametrize(("channels", "width", "bilinear"), [(12, 12, True), (12, 6, True), (48, 8, False)])
+def test_folded_saim_equals_saim_in_both_forms(channels, width, bilinear):
+    g = torch.Generator().manual_seed(2)
+    saim = SAIM(channels, width, g)
+    with torch.no_grad():
+        for param in saim.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * 0.5)
+    x = torch.randn(6, 5, channels, generator=g)
+    plain = saim(x).detach()  # gradients enabled: the training path
+    with torch.no_grad():
+        folded = saim(x)
+    assert (len(saim._folded(torch.float32)) == 3) is bilinear  # which folding the sizes chose
+    torch.testing.assert_close(folded, plain, atol=1e-5 * plain.abs().max().item(), rtol=1e-5)
+    assert (folded - x).abs().max() > 0.1  # SAIM really contributes
