@@ -1,11 +1,12 @@
 """Pretrain the ``toy`` backbone on the toy world: ``python -m anogen.toy.pretrain --out DIR``.
 
-Recipe (one command, CPU-friendly; about an hour on 2 cores):
+Recipe (one command, CPU-friendly; about 1.5 hours on 2 shared cores, see docs/toy.md):
 
 1. **Autoencoder.** A diffusers ``AutoencoderKL`` with 3 blocks (4x downsampling: 64 px -> 16x16x4 latents),
    trained on L1 + MSE + a tiny KL term on toy normals, part canvases, marked normals and *generic* marks of
    any colour (thin lines and discs included: an autoencoder must reconstruct whatever it is shown, and the
    UNet never sees these images). Its ``scaling_factor`` is set to 1 / std of the latents, as SD's is.
+   Then a decoder-only fine-tune (:func:`finetune_decoder`) that weighs pixels outside the normals' band more.
 2. **Text encoder.** A small ``CLIPTextModel`` (hidden size 64) with random, frozen weights, seeded: distinct
    prompts give distinct embeddings, which is all the cross-attention needs to tell the domains apart, and
    the fitted adapters later learn their own prompts through LoRA.
