@@ -7,11 +7,13 @@ downsampling factor and the native resolution are read from the loaded configs (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -309,6 +311,24 @@ def _check_folder(folder: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide the libraries' per-file loading bars: the CLI draws its own progress, and CI logs stay readable."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = (transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled())
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown[0]:
+            transformers_logging.enable_progress_bar()
+        if shown[1]:
+            diffusers_logging.enable_progress_bar()
+
+
 def load_folder(folder: Path, *, source: str) -> Backbone:
     """Load a diffusers folder with the SD-1.x layout, weights from ``.safetensors`` only."""
     import torch
@@ -318,13 +338,14 @@ def load_folder(folder: Path, *, source: str) -> Backbone:
     folder = Path(folder)
     _check_folder(folder)
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
-        # transformers 5 keeps the stored dtype by default; load fp32 like diffusers does (fp16 files included).
-        text_encoder = CLIPTextModel.from_pretrained(
-            folder, subfolder="text_encoder", use_safetensors=True, dtype=torch.float32
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        with _quiet_loading():
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
+            # transformers 5 keeps the stored dtype by default; load fp32 like diffusers does (fp16 files included).
+            text_encoder = CLIPTextModel.from_pretrained(
+                folder, subfolder="text_encoder", use_safetensors=True, dtype=torch.float32
+            )
+            tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot load backbone from {folder}: {exc}") from exc
     scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
