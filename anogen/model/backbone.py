@@ -78,8 +78,15 @@ class Backbone:
         return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
+        import torch
+
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            current = next(module.parameters())
+            same_device = device is None or current.device == torch.device(device)
+            same_dtype = dtype is None or current.dtype == dtype
+            # diffusers warns on every dtype cast; a no-op move should stay silent.
+            if not (same_device and same_dtype):
+                module.to(device=device, dtype=dtype)
         return self
 
     def make_scheduler(self, name: str | None = None) -> Any:
