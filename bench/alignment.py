@@ -57,7 +57,7 @@ def run(out: Path, count: int, seed: int, reuse_runs: Path | None, defects: list
         }
         config = resolve(preset=PRESET, overrides=overrides)
         started = time.perf_counter()
-        fit(category, config, runs, defects=defects, prior_dir=out / "prior", backbone=backbone)
+        fit(category, config, runs, defects=defects, prior_dir=out / "prior", backbone=backbone, resume=True)
         fit_s = time.perf_counter() - started
         started = time.perf_counter()
         synth = out / f"synth-{coupling}"
