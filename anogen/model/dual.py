@@ -18,6 +18,13 @@ cross-attention ``attn2``). It computes the stock diffusers attention (``F.scale
   main pass branch 0's ``attn1`` reads keys/values from ``(1 - a) * h + a * MLP(h_ref)``.
 
 A fresh adapter (LoRA up-projections, SAIM out-projections and BCM gates all zero) reproduces the base model.
+
+Sampling (gradients disabled) takes a fast path that equals the plain one up to float rounding: each projection
+uses per-branch merged weights ``W_b = W + scale * up_b @ down_b`` (one matmul per branch, the stock FLOPs), SAIM
+folds its LayerNorm affine, ``proj_in``, q/k/v and ``proj_out`` into two matmuls (the keys enter only through
+``k0 - k1``, computed once per pair), BCM folds ``fc1`` into ``fc2``. The folded weights are cached on the modules
+(not in ``state_dict``) and rebuilt whenever a weight changes; training (gradients enabled) always computes with
+the unmerged weights. :meth:`DualAdapter.set_fast_inference` switches the fast path off.
 The processors are ``nn.Module`` s; once installed, diffusers registers them as submodules of the UNet, so cast
 the UNet (``unet.to(torch.float16)``) *before* :meth:`DualAdapter.install`, or the adapter's fp32 weights are
 cast with it.
