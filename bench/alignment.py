@@ -39,20 +39,22 @@ def _pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(load_rgb(folder / r["image"])), load_mask(folder / r["mask"])) for r in rows]
 
 
-def run(out: Path, count: int, seed: int, reuse_runs: Path | None, defects: list[str]) -> dict:
+def run(
+    out: Path, count: int, seed: int, reuse_runs: Path | None, defects: list[str], steps: int | None = None
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     category_dir = make_category(out / "data", kind="object", seed=seed)
     category = read_category(category_dir)
     build_prior(category, out / "prior")
     backbone = load_backbone("toy")
-    results: dict = {"count": count, "seed": seed, "preset": PRESET, "defects": {}}
+    results: dict = {"count": count, "seed": seed, "preset": PRESET, "fit_steps": steps, "defects": {}}
     for coupling in ("saim", "none"):
         runs = out / f"runs-{coupling}"
         if coupling == "saim" and reuse_runs is not None and not runs.exists():
             shutil.copytree(reuse_runs, runs)
         overrides = {
             "adapter": {"coupling": coupling},
-            "train": {"seed": seed},
+            "train": {"seed": seed, "steps": steps},
             "sample": {"seed": seed, "count": count, "max_attempts": 4 * count},
         }
         config = resolve(preset=PRESET, overrides=overrides)
@@ -99,8 +101,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse-runs", type=Path, default=None, help="SAIM adapters already fitted (demo-out/runs)")
     parser.add_argument("--defects", default=",".join(DEFECTS))
+    parser.add_argument("--steps", type=int, default=None, help="fit steps per adapter (default: the preset's)")
     args = parser.parse_args()
-    results = run(args.out, args.count, args.seed, args.reuse_runs, args.defects.split(","))
+    results = run(args.out, args.count, args.seed, args.reuse_runs, args.defects.split(","), args.steps)
     print(table(results))
 
 
