@@ -348,27 +348,16 @@ SD15_UNET_CONFIG = dict(
 def _sd15_unet_with_cheap_weights(seed: int = 0):
     """The real SD-1.5 UNet architecture, built on the meta device, with weights that cost almost nothing.
 
-    Every matrix/kernel with the same fan-in is a view of one shared random pool (scaled 1/sqrt(fan_in)), norms
-    get weight 1 / bias 0: ~860M parameters would take 3.4 GB and many seconds to draw; the pools take ~100 MB.
+    ``bench.common.cheap_weights`` (shared with the bench, tested in tests/test_bench.py) makes every matrix a view
+    of one random pool per fan-in: ~860M parameters would take 3.4 GB and many seconds to draw.
     """
     from diffusers import UNet2DConditionModel
 
+    from bench.common import cheap_weights
+
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
-    params = [(m, n, p) for m in unet.modules() for n, p in m._parameters.items() if p is not None]
-    need: dict[int, int] = {}
-    for _, _, p in params:
-        key = p[0].numel() if p.ndim > 1 else 0
-        need[key] = max(need.get(key, 0), p.numel())
-    g = torch.Generator().manual_seed(seed)
-    pools = {k: torch.randn(n, generator=g) * k**-0.5 for k, n in need.items() if k}
-    ones, zeros = torch.ones(need.get(0, 1)), torch.zeros(need.get(0, 1))
-    for module, name, p in params:
-        if p.ndim > 1:
-            data = pools[p[0].numel()][: p.numel()].view(p.shape)
-        else:
-            data = (zeros if name == "bias" else ones)[: p.numel()]
-        module._parameters[name] = torch.nn.Parameter(data, requires_grad=False)
+    cheap_weights(unet, seed)
     assert not any(b.is_meta for b in unet.buffers())
     return unet
 
