@@ -332,17 +332,6 @@ def test_config_is_recorded_on_the_adapter(tiny_backbone):
 
 # ------------------------------------------------------------------------------------- SD-1.5 architecture
 
-SD15_UNET_CONFIG = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
 
 
 def _sd15_unet_with_cheap_weights(seed: int = 0):
@@ -353,10 +342,10 @@ def _sd15_unet_with_cheap_weights(seed: int = 0):
     """
     from diffusers import UNet2DConditionModel
 
-    from bench.common import cheap_weights
+    from bench.common import SD15_UNET, cheap_weights
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        unet = UNet2DConditionModel(**SD15_UNET)
     cheap_weights(unet, seed)
     assert not any(b.is_meta for b in unet.buffers())
     return unet
