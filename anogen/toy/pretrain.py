@@ -44,6 +44,12 @@ DOMAIN_WEIGHTS = {"object": 0.28, "texture": 0.28, "part": 0.28, "object_marked"
 RESOLUTION = 64
 
 
+
+def _set_cosine_lr(opt: Any, lr: float, step: int, steps: int) -> None:
+    """Cosine decay from ``lr`` to 10 % of it: the last steps must not undo fine detail."""
+    for group in opt.param_groups:
+        group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
 def toy_configs(resolution: int = RESOLUTION) -> dict[str, dict[str, Any]]:
     """Configs of the toy backbone: 4x AutoencoderKL, ~4M-parameter UNet, hidden-64 CLIP text encoder."""
     from anogen.model.backbone import tiny_configs
@@ -188,9 +194,7 @@ def train_vae(
         loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # Cosine decay to 10 % keeps the last steps from undoing fine detail.
-        for group in opt.param_groups:
-            group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        _set_cosine_lr(opt, lr, step, steps)
         opt.step()
         done = step + 1
         if step % 50 == 0:
@@ -252,8 +256,7 @@ def finetune_decoder(
         loss = ((err.abs() + err.pow(2)) * w).sum() / (w.sum() * 3)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        _set_cosine_lr(opt, lr, step, steps)
         opt.step()
         done = step + 1
         if step % 50 == 0:
