@@ -123,7 +123,8 @@ class SampleConfig:
     """How ``anogen synth`` samples.
 
     Args:
-        sampler (`str`, defaults to `"dpmsolver++"`): ``dpmsolver++``, ``ddim``, ``euler`` or ``pndm``.
+        sampler (`str`, defaults to `"dpmsolver++"`): ``dpmsolver++``, ``ddim``, ``euler`` or ``pndm`` (deterministic
+            given the initial noise), or ``sde-dpmsolver++`` or ``ddpm`` (fresh noise at every step).
         steps (`int`, defaults to 30): denoising steps.
         guidance (`float`, defaults to 2.5): classifier-free guidance scale.
         negative_prompt (`str`, defaults to `""`): the unconditional prompt.
@@ -134,7 +135,7 @@ class SampleConfig:
         seed (`int`, defaults to 0): global seed; attempt i's seed derives from it.
     """
 
-    sampler: Literal["dpmsolver++", "ddim", "euler", "pndm"] = "dpmsolver++"
+    sampler: Literal["dpmsolver++", "sde-dpmsolver++", "ddpm", "ddim", "euler", "pndm"] = "dpmsolver++"
     steps: int = 30
     guidance: float = 2.5
     negative_prompt: str = ""

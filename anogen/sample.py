@@ -3,7 +3,8 @@
 Attempt ids and seeds
     Every defect type has attempts ``0, 1, 2, ...``; attempt ``i`` uses seed
     ``derive_seed(sample.seed, category, defect, i)`` and draws its initial noise (whole then part, then one
-    background noise per step with BCM) from its own CPU ``torch.Generator``. Its images therefore depend on neither
+    background noise per step with BCM) from its own CPU ``torch.Generator``; a stochastic sampler's per-step noise
+    comes from one more generator per branch (:func:`step_noise_generator`). Its images therefore depend on neither
     the batch size nor the number of processes. The result of ``count = N`` is the first N *accepted* attempts in
     id order; rejected attempts keep their files and a reason.
 
@@ -71,6 +72,8 @@ logger = logging.getLogger(__name__)
 # Sample settings that change the pixels of an attempt: a rerun into an existing output must keep them.
 GENERATION_FIELDS = ("sampler", "steps", "guidance", "negative_prompt", "mixed_precision", "seed")
 REMASK_MARKER = ".remask-pending.json"
+# Samplers that add fresh noise at every step (the rest are deterministic given the initial noise).
+STOCHASTIC_SAMPLERS = frozenset({"ddpm", "sde-dpmsolver++"})
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -186,6 +189,11 @@ def sample_pairs(
             # The reference pass sees a background noised as in training (DDPM forward process), whatever sampler.
             alphas = backbone.make_scheduler(None).alphas_cumprod.to(device=device, dtype=torch.float32)
 
+        step_kwargs: dict[str, Any] = {}
+        if sample_config.sampler in STOCHASTIC_SAMPLERS:
+            # One generator per row, seeded from its pair's seed and branch: a row's per-step noise depends on
+            # nothing else, and each branch matches a stock pipeline given that generator.
+            step_kwargs["generator"] = [step_noise_generator(int(s), branch) for s in seeds for branch in (0, 1)]
         with _autocast(device, sample_config.mixed_precision):
             for t in scheduler.timesteps:
                 model_in = torch.cat([latents, latents]) if guided else latents
@@ -202,7 +210,7 @@ def sample_pairs(
                 if guided:
                     uncond, cond = eps.chunk(2)
                     eps = uncond + sample_config.guidance * (cond - uncond)
-                latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+                latents = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)[0]
             decoded = _decode(backbone, latents)
     finally:
         if installed_here:
@@ -212,6 +220,13 @@ def sample_pairs(
     if output_type == "float":
         return images, parts
     return _to_uint8(images), _to_uint8(parts)
+
+
+def step_noise_generator(seed: int, branch: int) -> torch.Generator:
+    """The generator of a stochastic sampler's per-step noise for one branch (0 whole, 1 part) of the attempt
+    with seed ``seed``; a stock ``StableDiffusionPipeline`` given it (and the branch's initial latent) draws the
+    same noise."""
+    return torch.Generator("cpu").manual_seed(derive_seed(seed, "step-noise", branch))
 
 
 def _decode(backbone: Backbone, latents: torch.Tensor, chunk: int = 16) -> np.ndarray:

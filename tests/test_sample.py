@@ -32,7 +32,7 @@ from anogen.manifest import read_rows
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter
-from anogen.sample import remask, sample_pairs, synthesize
+from anogen.sample import remask, sample_pairs, step_noise_generator, synthesize
 
 WHOLE, PART = "a vfx with sks", "sks"
 REPO = Path(__file__).resolve().parent.parent
@@ -111,7 +111,13 @@ def runs(backbone, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "coupling,bcm,sampler,steps",
-    [("none", False, "dpmsolver++", 3), ("saim", False, "pndm", 4), ("saim", True, "euler", 3)],
+    [
+        ("none", False, "dpmsolver++", 3),
+        ("saim", False, "pndm", 4),
+        ("saim", True, "euler", 3),
+        ("saim", False, "sde-dpmsolver++", 3),
+        ("none", True, "ddpm", 3),
+    ],
 )
 def test_fresh_adapter_branches_equal_stock_pipeline(backbone, coupling, bcm, sampler, steps):
     from diffusers import StableDiffusionPipeline
@@ -140,9 +146,11 @@ def test_fresh_adapter_branches_equal_stock_pipeline(backbone, coupling, bcm, sa
         gen = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((2, backbone.latent_channels, side, side), generator=gen)
         for branch, prompt, got in ((0, WHOLE, images[k]), (1, PART, parts[k])):
+            # stochastic samplers: the pipeline draws its per-step noise from the documented generator
             ref = pipe(
                 prompt, negative_prompt="", num_inference_steps=steps, guidance_scale=2.5,
                 latents=noise[branch : branch + 1].clone(), output_type="np",
+                generator=step_noise_generator(seed, branch),
                 height=backbone.resolution, width=backbone.resolution,
             ).images[0]
             assert np.abs(ref - got).max() < 1e-4, (branch, np.abs(ref - got).max())
@@ -166,11 +174,13 @@ def test_trained_part_lora_changes_only_the_part_branch(backbone):
 # ---------------------------------------------------------------------------------------- synth loop
 
 
-def test_deterministic_across_runs_and_batch_sizes(runs, tmp_path):
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "sde-dpmsolver++"])
+def test_deterministic_across_runs_and_batch_sizes(runs, tmp_path, sampler):
     outs = []
     for name, batch in (("a", 2), ("b", 2), ("c", 3)):
         out = tmp_path / name
-        summary = synthesize(runs, out, overrides={"sample": {"count": 4, "batch_size": batch}})
+        sample = {"count": 4, "batch_size": batch, "sampler": sampler}
+        summary = synthesize(runs, out, overrides={"sample": sample})
         assert summary.defects[0].accepted == 4
         outs.append(tree_hashes(out))
     assert outs[0] == outs[1]  # the same command: byte-identical

@@ -58,7 +58,7 @@ def synth_command(
     seed: SeedOpt = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Denoising steps.")] = None,
     sampler: Annotated[
-        str | None, typer.Option("--sampler", help="dpmsolver++ | ddim | euler | pndm.")
+        str | None, typer.Option("--sampler", help="dpmsolver++ | sde-dpmsolver++ | ddpm | ddim | euler | pndm.")
     ] = None,
     guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
     max_attempts: Annotated[

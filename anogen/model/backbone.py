@@ -110,12 +110,13 @@ def make_scheduler(scheduler_config: dict[str, Any], name: str | None = None) ->
         "pndm": PNDMScheduler,
         "euler": EulerDiscreteScheduler,
         "dpmsolver++": DPMSolverMultistepScheduler,
+        "sde-dpmsolver++": DPMSolverMultistepScheduler,
     }
     if name not in classes:
         raise BackboneError(f"unknown sampler {name!r} (choose from {', '.join(k for k in classes if k)})")
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    if name == "dpmsolver++":
-        config["algorithm_type"] = "dpmsolver++"
+    if name in ("dpmsolver++", "sde-dpmsolver++"):
+        config["algorithm_type"] = name
     return classes[name].from_config(config)
 
 
