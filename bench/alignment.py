@@ -32,6 +32,7 @@ from anogen.toy.data import DEFECTS, defect_pixels, make_category
 from anogen.train import fit
 
 PRESET = "toy/object"
+COUPLINGS = ("saim", "none")
 
 
 def _pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -40,7 +41,13 @@ def _pairs(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def run(
-    out: Path, count: int, seed: int, reuse_runs: Path | None, defects: list[str], steps: int | None = None
+    out: Path,
+    count: int,
+    seed: int,
+    reuse_runs: Path | None,
+    defects: list[str],
+    steps: int | None = None,
+    couplings: tuple[str, ...] = COUPLINGS,
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     category_dir = make_category(out / "data", kind="object", seed=seed)
@@ -48,7 +55,7 @@ def run(
     build_prior(category, out / "prior")
     backbone = load_backbone("toy")
     results: dict = {"count": count, "seed": seed, "preset": PRESET, "fit_steps": steps, "defects": {}}
-    for coupling in ("saim", "none"):
+    for coupling in couplings:
         runs = out / f"runs-{coupling}"
         if coupling == "saim" and reuse_runs is not None and not runs.exists():
             shutil.copytree(reuse_runs, runs)
@@ -72,7 +79,9 @@ def run(
             measured["attempts"] = len(rows)
             results["defects"].setdefault(defect, {})[coupling] = measured
         results.setdefault("seconds", {})[coupling] = {"fit": round(fit_s, 1), "synth": round(synth_s, 1)}
-    (out / "alignment.json").write_text(json.dumps(results, indent=2))
+    # One file per coupling set, so that the two halves can run as two processes on one OUT.
+    name = "alignment.json" if tuple(couplings) == COUPLINGS else f"alignment-{'-'.join(couplings)}.json"
+    (out / name).write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -85,8 +94,9 @@ def table(results: dict) -> str:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
+    missing = {"iou": None, "chance_iou": None, "n": 0}
     for defect, by in results["defects"].items():
-        saim, none = by["saim"], by["none"]
+        saim, none = by.get("saim", missing), by.get("none", missing)
         lines.append(
             f"| {defect} | {fmt(saim['iou'])} | {fmt(saim['chance_iou'])} | {fmt(none['iou'])} | "
             f"{fmt(none['chance_iou'])} | {saim['n']} / {none['n']} |"
@@ -102,8 +112,12 @@ def main() -> None:
     parser.add_argument("--reuse-runs", type=Path, default=None, help="SAIM adapters already fitted (demo-out/runs)")
     parser.add_argument("--defects", default=",".join(DEFECTS))
     parser.add_argument("--steps", type=int, default=None, help="fit steps per adapter (default: the preset's)")
+    parser.add_argument(
+        "--couplings", default=",".join(COUPLINGS), help="run only these (two processes can share one OUT)"
+    )
     args = parser.parse_args()
-    results = run(args.out, args.count, args.seed, args.reuse_runs, args.defects.split(","), args.steps)
+    couplings = tuple(args.couplings.split(","))
+    results = run(args.out, args.count, args.seed, args.reuse_runs, args.defects.split(","), args.steps, couplings)
     print(table(results))
 
 
