@@ -135,7 +135,8 @@ def sample_pairs(
         adapter (`DualAdapter`): installed on ``backbone.unet`` for the call if it is not already.
         record (`Mapping`): the adapter's ``adapter.json`` (prompts).
         seeds (`Sequence[int]`): one seed per pair; pair k's initial noise (whole, part) and, with BCM, its
-            per-step background noise come from ``torch.Generator("cpu").manual_seed(seeds[k])``.
+            per-step background noise come from ``torch.Generator("cpu").manual_seed(seeds[k])``; a stochastic
+            sampler's per-step noise from :func:`step_noise_generator`.
         sample_config (`SampleConfig`): sampler, steps, guidance, negative prompt, mixed precision.
         ids (`Sequence[int]`, *optional*): attempt ids (default ``0..P-1``); pair k's BCM reference is background
             ``ids[k] % len(background_latents)``.
