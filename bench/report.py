@@ -169,11 +169,14 @@ def _quality_section(part: dict[str, Any]) -> list[str]:
                  f"`{part.get('preset')}` (BCM on, as the preset; only the coupling differs). Load average before / "
                  f"after {part.get('load_average_before')} / {part.get('load_average_after')}.")
     st = part.get("settings") or {}
-    lines.append(f"Settings: defect types {st.get('defects') or 'all'}; {st.get('fit_steps') or 'the preset'} fit "
-                 f"steps per adapter (the preset trains 300); {st.get('count') or 'the preset'} accepted samples "
-                 f"per defect type; `anogen eval` {st.get('eval_steps')} steps per method (its default is 400); seed "
-                 f"{st.get('seed')}. These are cut to keep the whole bench near an hour on two shared cores, so the "
-                 "figures show the direction, not the best anogen can do.")
+    fitted = {entry.get("fit_steps") for entry in (part.get("couplings") or {}).values()} - {None}
+    fit_steps = st.get("fit_steps") or (fitted.pop() if len(fitted) == 1 else None)
+    lines.append(f"Settings: defect types {st.get('defects') or 'all'}; {fit_steps or 'the preset'} fit steps per "
+                 f"adapter ({'the preset' if not st.get('fit_steps') else 'an override'}); "
+                 f"{st.get('count') or 'the preset'} accepted samples per defect type; `anogen eval` "
+                 f"{st.get('eval_steps')} steps per method (its default is 400); seed {st.get('seed')}. Counts and eval "
+                 "steps are cut to keep the part near 15 minutes on two cores: small samples, so the figures show "
+                 "the direction; `python -m bench.alignment` measures alignment on more pairs.")
     lines.append("")
     if "error" in part:
         return [*lines, f"Failed: {part['error'][:1500]}", ""]
