@@ -174,9 +174,9 @@ def _quality_section(part: dict[str, Any]) -> list[str]:
     lines.append(f"Settings: defect types {st.get('defects') or 'all'}; {fit_steps or 'the preset'} fit steps per "
                  f"adapter ({'the preset' if not st.get('fit_steps') else 'an override'}); "
                  f"{st.get('count') or 'the preset'} accepted samples per defect type; `anogen eval` "
-                 f"{st.get('eval_steps')} steps per method (its default is 400); seed {st.get('seed')}. Counts and eval "
-                 "steps are cut to keep the part near 15 minutes on two cores: small samples, so the figures show "
-                 "the direction; `python -m bench.alignment` measures alignment on more pairs.")
+                 f"{st.get('eval_steps')} steps per method (its default is 400); seed {st.get('seed')}. Counts and "
+                 "eval steps are cut to keep the part near 15 minutes on two cores: small samples, so the figures "
+                 "show the direction; `python -m bench.alignment` measures alignment on more pairs.")
     lines.append("")
     if "error" in part:
         return [*lines, f"Failed: {part['error'][:1500]}", ""]
