@@ -1,13 +1,15 @@
 """Mask/defect alignment on the toy world: the measurement behind issue 5's "done when".
 
 For each toy defect type, adapters are fitted with SAIM (`coupling: saim`) and without (`coupling: none`) from
-the same preset (`toy/object`) and seed; ``--count`` accepted samples are generated from each; the IoU between
-every generated mask and the defect pixels of its *own* whole image (the toy world's colour rule,
-``anogen.toy.defect_pixels``) is averaged, next to the same IoU over shuffled pairs (chance).
+the same preset (`toy/object`, or `toy/texture` with ``--kind texture``) and seed; ``--count`` accepted samples
+are generated from each; the IoU between every generated mask and the defect pixels of its *own* whole image (the
+toy world's colour rule, ``anogen.toy.defect_pixels``) is averaged, next to the same IoU over shuffled pairs
+(chance).
 
     .venv/bin/python -m bench.alignment --out /tmp/alignment --count 64 [--reuse-runs demo-out/runs]
 
-Writes ``OUT/alignment.json`` and prints a Markdown table. Not part of CI (about 15 minutes on 2 cores).
+Writes ``OUT/alignment.json`` and prints a Markdown table. Not part of CI (about 25 minutes on 2 cores; run
+``--couplings saim`` and ``--couplings none`` as two processes on one OUT to halve that).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from anogen.sample import synthesize
 from anogen.toy.data import DEFECTS, defect_pixels, make_category
 from anogen.train import fit
 
-PRESET = "toy/object"
 COUPLINGS = ("saim", "none")
 
 
@@ -48,13 +49,15 @@ def run(
     defects: list[str],
     steps: int | None = None,
     couplings: tuple[str, ...] = COUPLINGS,
+    kind: str = "object",
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    category_dir = make_category(out / "data", kind="object", seed=seed)
+    preset = f"toy/{kind}"
+    category_dir = make_category(out / "data", kind=kind, seed=seed)
     category = read_category(category_dir)
     build_prior(category, out / "prior")
     backbone = load_backbone("toy")
-    results: dict = {"count": count, "seed": seed, "preset": PRESET, "fit_steps": steps, "defects": {}}
+    results: dict = {"count": count, "seed": seed, "preset": preset, "fit_steps": steps, "defects": {}}
     for coupling in couplings:
         runs = out / f"runs-{coupling}"
         if coupling == "saim" and reuse_runs is not None and not runs.exists():
@@ -64,7 +67,7 @@ def run(
             "train": {"seed": seed, "steps": steps},
             "sample": {"seed": seed, "count": count, "max_attempts": 4 * count},
         }
-        config = resolve(preset=PRESET, overrides=overrides)
+        config = resolve(preset=preset, overrides=overrides)
         started = time.perf_counter()
         fit(category, config, runs, defects=defects, prior_dir=out / "prior", backbone=backbone, resume=True)
         fit_s = time.perf_counter() - started
@@ -115,9 +118,12 @@ def main() -> None:
     parser.add_argument(
         "--couplings", default=",".join(COUPLINGS), help="run only these (two processes can share one OUT)"
     )
+    parser.add_argument("--kind", choices=("object", "texture"), default="object", help="the toy category")
     args = parser.parse_args()
     couplings = tuple(args.couplings.split(","))
-    results = run(args.out, args.count, args.seed, args.reuse_runs, args.defects.split(","), args.steps, couplings)
+    results = run(
+        args.out, args.count, args.seed, args.reuse_runs, args.defects.split(","), args.steps, couplings, args.kind
+    )
     print(table(results))
 
 
