@@ -154,6 +154,17 @@ def build_pool(domain: str, seed: int, count: int, size: int = RESOLUTION, start
 # ---------------------------------------------------------------------------------------------- training
 
 
+def _draw_crops(gen: np.random.Generator, images: np.ndarray, marks: np.ndarray, batch: int, crop: int) -> np.ndarray:
+    """One autoencoder batch: half toy images, half generic marks, as ``crop`` x ``crop`` crops aligned to the
+    4-pixel latent grid (uint8, (batch, crop, crop, 3))."""
+    half = batch // 2
+    pool = np.concatenate([images[gen.integers(0, len(images), batch - half)],
+                           marks[gen.integers(0, len(marks), half)]])
+    size = pool.shape[1]
+    offsets = gen.integers(0, (size - crop) // 4 + 1, (batch, 2)) * 4
+    return np.stack([im[y:y + crop, x0:x0 + crop] for im, (y, x0) in zip(pool, offsets, strict=True)])
+
+
 def train_vae(
     vae: Any,
     images: np.ndarray,
@@ -181,12 +192,7 @@ def train_vae(
     start = time.time()
     done = 0
     for step in range(steps):
-        half = batch // 2
-        pool = np.concatenate([images[gen.integers(0, len(images), batch - half)],
-                               marks[gen.integers(0, len(marks), half)]])
-        size = pool.shape[1]
-        offsets = gen.integers(0, (size - crop) // 4 + 1, (batch, 2)) * 4
-        x = to_tensor(np.stack([im[y:y + crop, x0:x0 + crop] for im, (y, x0) in zip(pool, offsets, strict=True)]))
+        x = to_tensor(_draw_crops(gen, images, marks, batch, crop))
         if gen.random() < 0.5:  # flips are free augmentation for both kinds
             x = x.flip(-1)
         posterior = vae.encode(x).latent_dist
@@ -239,12 +245,7 @@ def finetune_decoder(
     start = time.time()
     done = 0
     for step in range(steps):
-        half = batch // 2
-        pool = np.concatenate([images[gen.integers(0, len(images), batch - half)],
-                               marks[gen.integers(0, len(marks), half)]])
-        size = pool.shape[1]
-        offsets = gen.integers(0, (size - crop) // 4 + 1, (batch, 2)) * 4
-        crops = np.stack([im[y:y + crop, x0:x0 + crop] for im, (y, x0) in zip(pool, offsets, strict=True)])
+        crops = _draw_crops(gen, images, marks, batch, crop)
         c16 = crops.astype(np.int16)
         outside = ((c16 < NORMAL_MIN) | (c16 > NORMAL_MAX)).any(-1) | (np.ptp(c16, axis=-1) > NORMAL_SPREAD)
         w = torch.from_numpy(1.0 + weight * outside.astype(np.float32))[:, None]
