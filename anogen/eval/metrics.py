@@ -214,21 +214,16 @@ def detection_metrics(
         anomaly_maps (`np.ndarray` of shape `(M, H, W)`): the detector's maps for those same images.
         fpr_limit (`float`, defaults to 0.3): AU-PRO's integration limit.
     """
+    image = {
+        "image_auroc": roc_auc(image_labels, image_scores),
+        "image_ap": average_precision(image_labels, image_scores),
+        "image_f1_max": f1_max(image_labels, image_scores)[0],
+    }
     gt = np.asarray(pixel_masks).astype(bool)
     if not gt.any() or gt.all():
-        return DetectionMetrics(
-            image_auroc=roc_auc(image_labels, image_scores),
-            image_ap=average_precision(image_labels, image_scores),
-            image_f1_max=f1_max(image_labels, image_scores)[0],
-            pixel_auroc=None,
-            pixel_ap=None,
-            pixel_f1_max=None,
-            aupro=None,
-        )
+        return DetectionMetrics(**image, pixel_auroc=None, pixel_ap=None, pixel_f1_max=None, aupro=None)
     return DetectionMetrics(
-        image_auroc=roc_auc(image_labels, image_scores),
-        image_ap=average_precision(image_labels, image_scores),
-        image_f1_max=f1_max(image_labels, image_scores)[0],
+        **image,
         pixel_auroc=roc_auc(pixel_masks, anomaly_maps),
         pixel_ap=average_precision(pixel_masks, anomaly_maps),
         pixel_f1_max=f1_max(pixel_masks, anomaly_maps)[0],
