@@ -19,6 +19,29 @@ from PIL import Image
 SCHEMA_VERSION = 1
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux reports it in /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere only set-and-restore reads it; os.umask is process-wide, which is why this runs once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file under the umask anogen started with (0644 under 022)."""
+    return 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds.
@@ -30,6 +53,10 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
+            # mkstemp creates the file 0600 whatever the umask; others must be able to read exported trees,
+            # reports and adapters on a shared disk as they could any file written with open().
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), file_mode())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

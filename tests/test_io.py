@@ -70,3 +70,65 @@ def test_derive_seed_depends_on_every_part() -> None:
     }
     assert base not in others and derive_seed(0, "bottle", "crack", 2) != base
     assert 0 <= base < 2**63
+
+
+# One process per umask: os.umask is process-wide, and anogen.io reads it once at import.
+_WRITERS_SCRIPT = """
+import sys
+from pathlib import Path
+from anogen.config import resolve
+from anogen.data import read_category
+from anogen.export.common import ExportConfig, export
+from anogen.export.report import write_report
+from anogen.priors import build_prior
+from anogen.sample import remask, synthesize
+from anogen.train import fit
+from tests.test_train import write_toy_category
+
+root = Path(sys.argv[1])
+category = read_category(write_toy_category(root / "data", images=3))
+build_prior(category, root / "prior", kind="object")
+config = resolve(None, None, {
+    "backbone": {"id": "tiny"}, "adapter": {"rank": 2, "bcm": True},
+    "train": {"resolution": 32, "steps": 2, "checkpoint_every": 1, "validate_every": 1},
+})
+fit(category, config, root / "runs", prior_dir=root / "prior")
+synthesize(root / "runs", root / "synth", overrides={"sample": {"count": 1, "steps": 2, "max_attempts": 2}})
+remask(root / "synth", overrides={"threshold": 0.5})
+export([root / "synth"], ExportConfig(format="mvtec", out=root / "export", data=category.root))
+export([root / "synth"], ExportConfig(format="coco", out=root / "coco", data=category.root))
+write_report([root / "synth"], root / "report.html")
+"""
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(repo), HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITERS_SCRIPT, str(tmp_path)], env=env, umask=umask, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    writers = {"prior": "prior", "runs": "adapter", "synth": "synth", "export": "export", "coco": "export"}
+    seen: dict[str, int] = {}
+    wrong = []
+    for path in sorted(tmp_path.rglob("*")):
+        rel = path.relative_to(tmp_path)
+        if rel.parts[0] == "data":  # the test's own input tree
+            continue
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        if path.stat().st_mode & 0o777 != expected:
+            wrong.append(f"{rel}: {oct(path.stat().st_mode & 0o777)}")
+        if path.is_file():
+            seen[writers.get(rel.parts[0], rel.parts[0])] = seen.get(writers.get(rel.parts[0], rel.parts[0]), 0) + 1
+    assert not wrong, f"modes other than umask {oct(umask)} gives: {wrong[:10]}"
+    # every writer really wrote files: adapter + adapter.json + checkpoints + log, images + masks, the report
+    assert {"adapter", "synth", "export", "prior", "report.html", "report.png"} <= set(seen), seen
+    runs = tmp_path / "runs" / "widget" / "stain"
+    assert (runs / "adapter.safetensors").is_file() and (runs / "adapter.json").is_file()
+    assert any((runs / "checkpoints").iterdir()) and (runs / "train_log.jsonl").is_file()
+    assert list((tmp_path / "synth").rglob("mask/*.png")) and list((tmp_path / "export").rglob("*.png"))
