@@ -38,8 +38,23 @@ class Output:
             self.stdout.print(text)
 
     def table(self, table: Table) -> None:
-        if not self.json_mode:
+        if self.json_mode:
+            return
+        if self.stdout.is_terminal:
             self.stdout.print(table)
+            return
+        # Off a terminal (a CI log, a pipe) Rich assumes 80 columns and cuts cells to "category…"; nobody reads
+        # such a log through a narrow window, so the table gets the width its whole cells need.
+        from rich.measure import Measurement
+
+        console = self.stdout
+        needed = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+        saved = console.width
+        console.width = max(saved, needed)
+        try:
+            console.print(table)
+        finally:
+            console.width = saved
 
     def emit_json(self, payload: Any) -> None:
         if self.json_mode:
