@@ -391,12 +391,25 @@ def resolve(
     )
 
 
-def preset_for(dataset_format: str, category: str, kind: CategoryKind | str | None = None) -> str:
-    """The preset a category gets when the user names none.
+@dataclass(frozen=True)
+class PresetChoice:
+    """The preset a category gets when the user names none, and why (``anogen data check`` shows both).
+
+    Args:
+        name (`str`): the preset, e.g. ``mvtec/bottle`` or ``generic/object``.
+        reason (`str`): one line, e.g. ``"no shipped preset for folder category 'widget'; object: generic/object"``.
+    """
+
+    name: str
+    reason: str
+
+
+def choose_preset(dataset_format: str, category: str, kind: CategoryKind | str | None = None) -> PresetChoice:
+    """The preset a category gets when the user names none, with the reason.
 
     ``mvtec/<category>`` and ``visa/<object>`` when such a preset ships, ``toy/<category>`` for the toy world;
     anything else (a user's own product, MVTec AD 2) gets ``generic/texture`` for texture categories and
-    ``generic/object`` otherwise. Commands print the name they picked.
+    ``generic/object`` otherwise (an unknown kind is treated as an object: BCM on, its prior built by ``fit``).
 
     Args:
         dataset_format (`str`): the layout the category was read from (``Category.dataset_format``).
@@ -405,6 +418,17 @@ def preset_for(dataset_format: str, category: str, kind: CategoryKind | str | No
     """
     group = {"mvtec": "mvtec", "visa": "visa", "toy": "toy"}.get(dataset_format)
     if group is not None and f"{group}/{category}" in list_presets():
-        return f"{group}/{category}"
+        return PresetChoice(f"{group}/{category}", f"shipped preset for {dataset_format} category {category!r}")
     kind_value = getattr(kind, "value", kind)
-    return "generic/texture" if kind_value == "texture" else "generic/object"
+    name = "generic/texture" if kind_value == "texture" else "generic/object"
+    why = f"no shipped preset for {dataset_format} category {category!r}; "
+    if kind_value in ("object", "texture"):
+        why += f"the data set marks it as {kind_value}"
+    else:
+        why += "its kind is unknown, taken as an object (pass --preset generic/texture for a texture)"
+    return PresetChoice(name, why)
+
+
+def preset_for(dataset_format: str, category: str, kind: CategoryKind | str | None = None) -> str:
+    """The name of :func:`choose_preset`'s preset (commands print the name they picked)."""
+    return choose_preset(dataset_format, category, kind).name

@@ -41,6 +41,7 @@ def check(
     Every problem is listed, one line each, naming the file. Exit code 2 if any is an error; warnings alone
     (converted images, binarised masks, ignored files) exit 0.
     """
+    from anogen.config import choose_preset
     from anogen.data import read_category
     from anogen.data.check import check_category
     from anogen.data.model import Severity
@@ -50,6 +51,8 @@ def check(
         category_read = read_category(data, category=category, dataset_format=dataset_format, progress=progress)
     report = check_category(category_read, shots=shots)
     cat = report.category
+    choice = choose_preset(cat.dataset_format, cat.name, cat.kind)
+    report.preset, report.preset_reason = choice.name, choice.reason
     out.emit_json(report.to_dict())
 
     size = cat.image_size
@@ -58,7 +61,7 @@ def check(
         f"[bold]{escape(cat.name)}[/bold] ({cat.dataset_format}, {kind}) at {escape(str(cat.root))}\n"
         f"normal images: {len(cat.train_normals)} train, {len(cat.test_normals)} test; "
         f"image size {f'{size[0]}x{size[1]}' if size else '-'}{', grayscale' if cat.is_grayscale else ''}; "
-        f"preset {report.preset}"
+        f"preset {report.preset} ({escape(choice.reason)})"
     )
     table = Table("defect type", "images", "train / held out", "sizes", "mean mask coverage", "problems")
     for row in report.rows:

@@ -68,10 +68,12 @@ def fit_command(
         str | None, typer.Option("--coupling", help="saim (couple the branches) or none (ablation).")
     ] = None,
     bcm: Annotated[
-        str | None, typer.Option("--bcm", help="on|off: background compensation (needs --prior).")
+        str | None,
+        typer.Option("--bcm", help="on|off: background compensation (its prior: --prior, else built in OUT/_prior)."),
     ] = None,
     prior: Annotated[
-        Path | None, typer.Option("--prior", help="Output of `anogen prior` (backgrounds for BCM).")
+        Path | None,
+        typer.Option("--prior", help="Output of `anogen prior` (BCM backgrounds; default: OUT/_prior, built once)."),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps per adapter.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate.")] = None,
@@ -145,6 +147,9 @@ def fit_command(
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         out_.info(f"preset {preset_name}{'' if resolved.validated else ' (values not yet validated on real data)'}")
+    auto = _auto_prior(out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process)
+    if auto is not None and auto.status != "planned":
+        prior = auto.prior_dir
     kwargs: dict[str, Any] = {
         "defects": defect or None,
         "prior_dir": prior,
@@ -152,7 +157,10 @@ def fit_command(
         "parallel": parallel,
     }
     if dry_run:
-        plan = train.plan_fit(cat, resolved, out, **kwargs)
+        if auto is not None and auto.status == "planned":
+            plan = _plan_before_prior(train, cat, resolved, out, auto.prior_dir, kwargs)
+        else:
+            plan = train.plan_fit(cat, resolved, out, **kwargs)
         if not main_process:
             return
         out_.emit_json({"dry_run": True, "preset": preset_name, "plan": plan.to_dict()})
@@ -172,6 +180,34 @@ def fit_command(
             escape(result.defect), result.status, str(result.steps_done), loss, escape(str(result.folder))
         )
     out_.table(table)
+
+
+def _auto_prior(
+    out_: Any, cat: Any, resolved: Any, runs: Path, prior: Path | None, *, dry_run: bool, main_process: bool
+) -> Any:
+    """BCM on and no --prior: build (or reuse) the prior in RUNS/_prior/<category>, said in one line."""
+    from anogen.autoprior import ensure_auto_prior, needs_auto_prior
+
+    if not needs_auto_prior(cat, resolved, prior):
+        return None
+    with out_.progress() as display:
+        auto = ensure_auto_prior(cat, resolved, runs, dry_run=dry_run, build=main_process, progress=display)
+    if main_process:
+        out_.info(escape(auto.message()))
+    return auto
+
+
+def _plan_before_prior(train: Any, cat: Any, resolved: Any, out: Path, prior_dir: Path, kwargs: dict) -> Any:
+    """A dry run's plan while the prior fit would build does not exist yet (a dry run writes nothing).
+
+    Planned without BCM, whose checks need the prior's files, then marked as a BCM fit; the adapter's parameter
+    count depends on BCM, so it is left unknown rather than shown wrong.
+    """
+    import dataclasses
+
+    no_bcm = dataclasses.replace(resolved, adapter=dataclasses.replace(resolved.adapter, bcm=False))
+    plan = train.plan_fit(cat, no_bcm, out, **kwargs)
+    return dataclasses.replace(plan, bcm=True, prior=prior_dir, trainable_parameters=None)
 
 
 def _print_plan(out: Any, plan: Any) -> None:

@@ -371,7 +371,9 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     splits: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     shots: int | None = None
+    # Filled in by the caller from anogen.config.choose_preset: readers and checks know nothing of presets.
     preset: str | None = None
+    preset_reason: str | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -390,6 +392,7 @@ class CheckReport:
             "format": cat.dataset_format,
             "kind": cat.kind.value if cat.kind is not None else None,
             "preset": self.preset,
+            "preset_reason": self.preset_reason,
             "image_size": f"{size[0]}x{size[1]}" if size else None,
             "grayscale": cat.is_grayscale,
             "train_normals": len(cat.train_normals),
@@ -418,8 +421,6 @@ def check_category(category: Category, shots: int | None = None) -> CheckReport:
     Split findings join the problems: a defect type with one image holds nothing out (warning); ``shots``
     above a defect type's image count is an error.
     """
-    from anogen.config import preset_for
-
     problems = list(category.problems)
     rows: list[DefectRow] = []
     splits: dict[str, dict[str, list[str]]] = {}
@@ -461,7 +462,6 @@ def check_category(category: Category, shots: int | None = None) -> CheckReport:
         problems=problems,
         splits=splits,
         shots=shots,
-        preset=preset_for(category.dataset_format, category.name, category.kind),
     )
 
 

@@ -108,7 +108,6 @@ def test_bad_input_exits_2_with_one_line(data, tmp_path):
     cases = {
         "no training images": (["fit", data, *BASE, *out, "--shots", "50"], "more than the 6 images"),
         "unknown defect": (["fit", data, *BASE, *out, "--defect", "crack"], "no defect type 'crack'"),
-        "bcm without prior": (["fit", data, *BASE[:2], "--bcm", "on", *BASE[4:], *out], "no prior was given"),
         "bad --bcm": (["fit", data, *BASE[:2], "--bcm", "maybe", *BASE[4:], *out], "--bcm takes on or off"),
         "bad --coupling": (["fit", data, *BASE, *out, "--coupling", "weird"], "adapter.coupling"),
         "fp16 on cpu": (["fit", data, *BASE, *out, "--mixed-precision", "fp16"], "fp16 needs a CUDA GPU"),
@@ -170,3 +169,45 @@ def test_end_to_end_run_resume_refusals_and_determinism(data, tmp_path):
     assert more.exit_code == 0, more.output
     assert json.loads(more.stdout)["results"][0]["status"] == "resumed"
     assert json.loads((folder / "adapter.json").read_text())["steps_done"] == 3
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_own_category_without_preset_or_prior_builds_its_prior_once(tmp_path):
+    """A folder-layout product has no shipped preset: generic/object turns BCM on, and no --prior is given."""
+    from tests.data.trees import write_folder
+
+    data = write_folder(tmp_path / "mine", defects={"dent": 3, "stain": 3}, normals=4)
+    check = invoke(["data", "check", data, "--json"])
+    assert check.exit_code == 0, check.output
+    report = json.loads(check.stdout)
+    assert report["preset"] == "generic/object"
+    assert "no shipped preset for folder category 'widget'" in report["preset_reason"]
+
+    runs = tmp_path / "runs"
+    args = ["fit", data, "--backbone", "tiny", "--resolution", SIZE, "--rank", "4", "--steps", "2",
+            "--validate-every", "0", "--checkpoint-every", "0", "--out", runs]
+    dry = invoke([*args, "--defect", "dent", "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads(dry.stdout)["plan"]
+    assert plan["bcm"] is True and plan["prior"] == str(runs / "_prior")
+    assert "fit will build the prior in" in dry.stderr and not runs.exists()  # a dry run writes nothing
+
+    first = invoke([*args, "--defect", "dent"])
+    assert first.exit_code == 0, first.output
+    assert f"built the prior in {runs / '_prior' / 'widget'}" in " ".join(first.stderr.split())
+    prior = runs / "_prior" / "widget"
+    record = json.loads((prior / "prior.json").read_text())
+    assert record["kind"] == "object" and {r["stem"] for r in record["images"] if r["role"] == "train"}
+    adapter = json.loads((runs / "widget" / "dent" / "adapter.json").read_text())
+    assert adapter["prior"] == str(runs / "_prior") and adapter["config"]["adapter"]["bcm"] is True
+    before = _tree(prior)
+
+    second = invoke([*args, "--defect", "stain"])
+    assert second.exit_code == 0, second.output
+    assert "reusing the prior in" in " ".join(second.stderr.split())
+    assert _tree(prior) == before  # not rebuilt: every file untouched, same bytes and mtimes
+    assert json.loads((runs / "widget" / "stain" / "adapter.json").read_text())["prior"] == str(runs / "_prior")
