@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from anogen.cli._common import JsonOpt, QuietOpt, epilog, make_output
@@ -28,14 +29,20 @@ def demo(
 ) -> None:
     """Run make-data, prior, fit, synth, mask, export and report on the toy data set (CPU, minutes).
 
-    A rerun reuses every finished stage.
+    The same command again (after Ctrl-C, say) continues where it stopped: fits resume from their checkpoints,
+    synth resumes, export and report are rebuilt. Other --seed/--steps/--backbone start the folder over.
     """
     from anogen.demo import DemoConfig, run_demo
 
     output = make_output(quiet=quiet, json_mode=json_output)
     config = DemoConfig(out=out, seed=seed, count=count, steps=steps, backbone=backbone)
     with output.progress() as display:
-        result = run_demo(config, progress=display, on_stage=lambda name: output.info(f"[bold]{name}[/bold]"))
+        result = run_demo(
+            config,
+            progress=display,
+            on_stage=lambda name: output.info(f"[bold]{name}[/bold]"),
+            on_notice=lambda text: output.warn(escape(text)),
+        )
     output.emit_json(result.to_dict())
     table = Table("stage", "seconds", "output")
     stage_paths = {"data": "data", "prior": "prior", "fit": "runs", "synth": "synth", "export": "export"}
