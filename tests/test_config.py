@@ -125,3 +125,15 @@ def test_preset_for_shipped_toy_and_generic(preset_root: Path, monkeypatch: pyte
     assert preset_for("mvtec", "bottlе", None) == "generic/object"  # a Cyrillic "е": not the shipped name
     assert preset_for("mvtec2", "fabric", CategoryKind.TEXTURE) == "generic/texture"
     assert preset_for("visa", "bottle", CategoryKind.OBJECT) == "generic/object"  # no cross-dataset match
+
+
+def test_choose_preset_says_why() -> None:
+    from anogen.config import choose_preset
+
+    shipped = choose_preset("mvtec", "bottle", CategoryKind.OBJECT)
+    assert shipped.name == "mvtec/bottle" and shipped.reason == "shipped preset for mvtec category 'bottle'"
+    own = choose_preset("folder", "widget", None)
+    assert own.name == "generic/object"
+    assert own.reason.startswith("no shipped preset for folder category 'widget'") and "unknown" in own.reason
+    cloth = choose_preset("folder", "cloth", CategoryKind.TEXTURE)
+    assert cloth.name == "generic/texture" and "marks it as texture" in cloth.reason
