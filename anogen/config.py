@@ -408,3 +408,15 @@ def preset_for(dataset_format: str, category: str, kind: CategoryKind | str | No
         return f"{group}/{category}"
     kind_value = getattr(kind, "value", kind)
     return "generic/texture" if kind_value == "texture" else "generic/object"
+
+
+def preset_line(config: ResolvedConfig) -> str:
+    """The one line a command prints about its preset, with the not-validated notice where it applies.
+
+    The notice is for presets whose values were reasoned, not measured (``validated: false``); the toy world's
+    presets are validated by their own measurements on the toy world (docs/synth.md) and get no notice.
+    """
+    name = config.preset or "none (defaults)"
+    if config.preset and not config.validated:
+        return f"preset {name} (values not yet validated on real data)"
+    return f"preset {name}"

@@ -45,6 +45,7 @@ from anogen.config import ResolvedConfig, to_jsonable
 from anogen.data.model import Category, CategoryKind, DefectSample
 from anogen.data.split import Split, few_shot_split
 from anogen.errors import BackboneError, CompatibilityError, DataError, InputError
+from anogen.fit_estimate import estimate_fit_seconds, measured_s_per_step
 from anogen.io import (
     canonical_safetensors,
     load_mask,
@@ -54,6 +55,7 @@ from anogen.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from anogen.model.spec import describe_backbone
 from anogen.progress import ProgressCallback, report
 from anogen.seeding import derive_seed
 
@@ -165,6 +167,9 @@ class FitPlan:
     trainable_parameters: int | None
     backbone_parameters: int | None
     estimated_peak_bytes: int | None
+    native_resolution: int | None = None
+    estimated_seconds: float | None = None
+    estimate_basis: str = "unknown"
 
     @property
     def effective_batch(self) -> int:
@@ -193,6 +198,9 @@ class FitPlan:
             "trainable_parameters": self.trainable_parameters,
             "backbone_parameters": self.backbone_parameters,
             "estimated_peak_bytes": self.estimated_peak_bytes,
+            "native_resolution": self.native_resolution,
+            "estimated_seconds": self.estimated_seconds,
+            "estimate_basis": self.estimate_basis,
         }
 
 
@@ -262,44 +270,6 @@ def _check_train_config(config: ResolvedConfig, device: str) -> None:
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _backbone_configs(config: ResolvedConfig) -> dict[str, dict[str, Any]] | None:
-    """The UNet / VAE / text-encoder configs of the chosen backbone, read without loading weights.
-
-    Also checks a backbone folder's layout, so that a wrong folder stops a dry run too. ``None`` when the configs
-    are not local (a hub id that is not cached).
-    """
-    from anogen.model import backbone as bb
-
-    spec = config.backbone.id
-    if spec == "tiny":
-        return {k: v for k, v in bb.tiny_configs().items() if k in ("unet", "vae", "text_encoder")}
-    folder: Path | None
-    if spec == "toy":
-        folder = bb.TOY_DIR
-    elif Path(spec).expanduser().exists():
-        folder = Path(spec).expanduser()
-        # The same layout check load_backbone runs, without reading any weights.
-        bb._check_folder(folder)
-    else:
-        folder = None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(
-                spec, "unet/config.json", cache_dir=config.backbone.cache_dir, revision=config.backbone.revision
-            )
-        except Exception:  # noqa: BLE001 - a malformed id or cache only means "not local"
-            found = None
-        if isinstance(found, str):
-            folder = Path(found).parent.parent
-    if folder is None:
-        return None
-    try:
-        return {c: json.loads((folder / c / "config.json").read_text()) for c in ("unet", "vae", "text_encoder")}
-    except (OSError, ValueError):
-        return None
 
 
 def _count_parameters(configs: dict[str, dict[str, Any]], config: ResolvedConfig) -> tuple[int | None, int]:
@@ -524,16 +494,17 @@ def plan_fit(
         _check_bcm(category, prior)
     if prior is not None and not prior.exists():
         raise InputError(f"prior folder {prior} does not exist", hint="run `anogen prior DATA --out DIR` first")
-    configs = _backbone_configs(config)
-    if configs is not None:
-        vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (1, 1, 1, 1))) - 1)
-        down = len(configs["unet"].get("block_out_channels", (1, 1, 1, 1))) - 1
-        multiple = vae_factor * 2**down
-        if config.train.resolution % multiple:
-            raise InputError(
-                f"--resolution {config.train.resolution} is not a multiple of {multiple} "
-                f"(the backbone downsamples by {vae_factor} in the VAE and {2**down} in the UNet)"
-            )
+    # The same description load_backbone starts from: a misspelt or missing backbone stops here, dry run or not.
+    described = describe_backbone(config.backbone.id, cache_dir=config.backbone.cache_dir,
+                                  revision=config.backbone.revision)
+    configs = described.configs
+    multiple = described.resolution_multiple
+    if multiple is not None and config.train.resolution % multiple:
+        raise InputError(
+            f"--resolution {config.train.resolution} is not a multiple of {multiple} "
+            f"(the backbone downsamples by {described.vae_scale_factor} in the VAE and "
+            f"{multiple // (described.vae_scale_factor or 1)} in the UNet)"
+        )
     data_world = world if mode == "data" else 1
     plans = []
     for index, name in enumerate(names):
@@ -545,10 +516,11 @@ def plan_fit(
         resume_from, complete = _existing_state(folder, key, resume, config.train.steps)
         process = index % world if mode == "defects" else 0
         plans.append(DefectPlan(name, folder, split, process, resume_from, complete))
-    trainable = frozen = peak = None
+    trainable = frozen = peak = seconds = None
+    basis = "unknown"
     if configs is not None:
         trainable, frozen = _count_parameters(configs, config)
-        vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (1,))) - 1)
+        vae_factor = described.vae_scale_factor or 8
         peak = estimate_peak_bytes(
             configs["unet"],
             trainable=trainable or 0,
@@ -559,6 +531,16 @@ def plan_fit(
             mixed_precision=config.train.mixed_precision,
             gradient_checkpointing=config.train.gradient_checkpointing,
             bcm=bcm,
+        )
+        steps_left = sum(0 if p.complete else config.train.steps - (p.resume_from or 0) for p in plans)
+        seconds, basis = estimate_fit_seconds(
+            configs["unet"],
+            resolution=config.train.resolution,
+            vae_scale_factor=vae_factor,
+            rows_per_step=config.train.batch_size * config.train.gradient_accumulation * (3 if bcm else 2),
+            steps=steps_left,
+            device=device,
+            measured_s_per_step=measured_s_per_step([p.folder for p in plans]),
         )
     return FitPlan(
         category=category.name,
@@ -579,6 +561,9 @@ def plan_fit(
         trainable_parameters=trainable,
         backbone_parameters=frozen,
         estimated_peak_bytes=peak,
+        native_resolution=described.native_resolution,
+        estimated_seconds=seconds,
+        estimate_basis=basis,
     )
 
 

@@ -56,6 +56,14 @@ def _mib(value: int | None) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
+def _eta(seconds: float | None, basis: str) -> str:
+    if seconds is None:
+        return "unknown (backbone configs not local)"
+    from anogen.cli.synth import duration
+
+    return f"{duration(seconds)} ({basis})"
+
+
 def fit_command(
     data: Annotated[Path, typer.Argument(help="A category folder, or a dataset root with --category.")],
     category: CategoryOpt = None,
@@ -115,7 +123,7 @@ def fit_command(
 ) -> None:
     """Train one adapter per defect type: the whole image and its defect alone on grey, learnt together."""
     from anogen import train
-    from anogen.config import preset_for, resolve
+    from anogen.config import preset_for, preset_line, resolve
     from anogen.data import read_category
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
@@ -144,7 +152,10 @@ def fit_command(
     resolved = resolve(preset_name, config, overrides)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
-        out_.info(f"preset {preset_name}{'' if resolved.validated else ' (values not yet validated on real data)'}")
+        out_.info(escape(preset_line(resolved)))
+    resolved, notice = _resolution_for_backbone(resolved, config, resolution_given=resolution is not None)
+    if notice and main_process:
+        out_.warn(escape(notice))
     kwargs: dict[str, Any] = {
         "defects": defect or None,
         "prior_dir": prior,
@@ -174,17 +185,42 @@ def fit_command(
     out_.table(table)
 
 
+def _resolution_for_backbone(
+    resolved: Any, config_file: Path | None, *, resolution_given: bool
+) -> tuple[Any, str | None]:
+    """The resolution of the backbone actually used, unless the user chose one (``follow_native_resolution``)."""
+    from anogen.config import read_yaml_mapping, resolve
+    from anogen.model.spec import describe_backbone, follow_native_resolution
+
+    if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
+        resolution_given = True
+    preset_backbone = resolve(resolved.preset).backbone.id if resolved.preset else None
+    described = describe_backbone(
+        resolved.backbone.id, cache_dir=resolved.backbone.cache_dir, revision=resolved.backbone.revision
+    )
+    return follow_native_resolution(
+        resolved, described, preset_backbone=preset_backbone, resolution_given=resolution_given
+    )
+
+
 def _print_plan(out: Any, plan: Any) -> None:
+    if plan.native_resolution is None:
+        native = "native size unknown: backbone configs not local"
+    elif plan.native_resolution == plan.resolution:
+        native = "the backbone's native size"
+    else:
+        native = f"the backbone's native size is {plan.native_resolution} px"
     out.result(
         f"[bold]{escape(plan.category)}[/bold]: {len(plan.defects)} adapter(s), {plan.steps} steps each, "
         f"batch {plan.batch_size} x accumulation {plan.gradient_accumulation} "
-        f"(effective {plan.effective_batch}), {plan.resolution} px, backbone {escape(plan.backbone)}"
+        f"(effective {plan.effective_batch}), {plan.resolution} px ({native}), backbone {escape(plan.backbone)}"
     )
     trainable = f"{plan.trainable_parameters:,}" if plan.trainable_parameters is not None else "unknown"
     out.result(
         f"trainable parameters per adapter: {trainable}; device {plan.device}, precision {plan.mixed_precision}"
         f"{', gradient checkpointing' if plan.gradient_checkpointing else ''}; "
-        f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}"
+        f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}; "
+        f"estimated time: {_eta(plan.estimated_seconds, plan.estimate_basis)}"
     )
     out.result(
         f"processes: {plan.num_processes} ({plan.parallel}); BCM {'on' if plan.bcm else 'off'}"

@@ -133,17 +133,17 @@ def _print_plan(out: Any, entries: list[dict[str, Any]]) -> None:
             str(e["count"]),
             f"{e['to_generate']} (max {e['max_attempts']})",
             f"{e['sampler']} x{e['steps']}, g {e['guidance']}",
-            f"{_duration(e['estimated_s'])} ({e['estimate_basis']})",
+            f"{duration(e['estimated_s'])} ({e['estimate_basis']})",
             f"{e['estimated_disk_mb']:.1f} MB",
             escape(e["out"]),
         )
     out.table(table)
     total_s = sum(e["estimated_s"] for e in entries)
     total_mb = sum(e["estimated_disk_mb"] for e in entries)
-    out.result(f"total: about {_duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
+    out.result(f"total: about {duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -162,7 +162,7 @@ def _print_summary(out: Any, summary: Any) -> None:
             rejected,
             str(d.attempts),
             area,
-            _duration(d.elapsed_s),
+            duration(d.elapsed_s),
             f"{d.samples_per_s:.2f}",
         )
     out.table(table)
