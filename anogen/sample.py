@@ -56,6 +56,7 @@ from anogen.manifest import (
     sample_name,
     shard_name,
     shard_paths,
+    tally,
     write_manifest,
     write_run_json,
 )
@@ -646,26 +647,32 @@ def finalize(folder: Path, count: int) -> dict[int, dict[str, Any]]:
 
 
 def _summarise(job: Job, rows: Mapping[int, Mapping[str, Any]], generated: int, elapsed: float) -> DefectSummary:
+    counts = tally(rows, job.sample.count)
     result = result_rows(rows, job.sample.count)
-    rejected: dict[str, int] = {}
-    for r in rows.values():
-        if not r.get("accepted"):
-            reason = str(r.get("reason"))
-            rejected[reason] = rejected.get(reason, 0) + 1
     areas = [float(r["mask_area"]) for r in result]
     return DefectSummary(
         category=job.category,
         defect=job.defect,
         out_dir=str(job.out_dir),
         count=job.sample.count,
-        accepted=len(result),
-        attempts=len(rows),
-        rejected=dict(sorted(rejected.items())),
+        accepted=counts.accepted,
+        attempts=counts.attempts,
+        rejected=counts.rejected,
         mean_mask_area=round(float(np.mean(areas)), 6) if areas else None,
         generated=generated,
         elapsed_s=round(elapsed, 3),
-        exhausted=len(result) < job.sample.count,
+        exhausted=counts.accepted < job.sample.count,
     )
+
+
+def _report_counts(
+    progress: ProgressCallback | None, job: Job, rows: Mapping[int, Mapping[str, Any]], **info: Any
+) -> tuple[int, int]:
+    """Report accepted / count and rejected as :func:`tally` counts them; returns (accepted, rejected)."""
+    counts = tally(rows, job.sample.count)
+    report(progress, f"synth {job.category}/{job.defect}", counts.accepted, job.sample.count,
+           rejected=counts.rejected_total, **info)
+    return counts.accepted, counts.rejected_total
 
 
 def _write_attempt(
@@ -726,8 +733,9 @@ def _synth_job(
     dist: Dist,
     device: torch.device,
     progress: ProgressCallback | None,
-) -> tuple[int, float]:
-    """Generate this rank's share of one job; returns (attempts generated, seconds)."""
+) -> tuple[int, float, tuple[int, int] | None]:
+    """Generate this rank's share of one job; returns (attempts generated, seconds, last (accepted, rejected)
+    reported to ``progress``, or ``None``)."""
     from anogen.model.adapter import load_adapter
 
     start = time.monotonic()
@@ -735,7 +743,6 @@ def _synth_job(
     log_path = folder / (MANIFEST if dist.world == 1 else shard_name(dist.rank))
     read_rows(log_path, repair=True)  # only this process appends to log_path
     rows = read_all_rows(folder)
-    task = f"synth {job.category}/{job.defect}"
 
     def pending() -> list[int]:
         cut = cutoff_id(rows, job.sample.count)
@@ -753,7 +760,7 @@ def _synth_job(
         write_run_json(folder, run)
     todo = pending()
     if not todo:
-        return 0, time.monotonic() - start
+        return 0, time.monotonic() - start, None
     backbone = _load_backbone_for(job.record, backbone_cache, device)
     adapter, _ = load_adapter(job.adapter_dir, backbone, device=device)
     background_latents = None
@@ -762,6 +769,7 @@ def _synth_job(
     for sub in SUBDIRS:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     generated = 0
+    shown: tuple[int, int] | None = None
     adapter.install(backbone.unet)
     try:
         while todo:
@@ -781,14 +789,13 @@ def _synth_job(
             if dist.world > 1:
                 rows.update({i: r for i, r in read_all_rows(folder).items() if i not in rows})
             elapsed = time.monotonic() - start
-            accepted = len(result_rows(rows, job.sample.count))
-            rejected = sum(1 for r in rows.values() if not r.get("accepted"))
-            report(progress, task, accepted, job.sample.count, rejected=rejected,
-                   samples_s=f"{generated / elapsed:.2f}" if elapsed > 0 else "-")
+            # Counted as the merged manifest will hold them: attempts of this batch past the count-th accepted
+            # one are deleted by finalize, so they are not counted as rejected here either.
+            shown = _report_counts(progress, job, rows, samples_s=f"{generated / elapsed:.2f}" if elapsed > 0 else "-")
             todo = pending()
     finally:
         adapter.uninstall(backbone.unet)
-    return generated, time.monotonic() - start
+    return generated, time.monotonic() - start, shown
 
 
 def synthesize(
@@ -845,10 +852,14 @@ def synthesize(
                 hint="refit the adapter on this backbone, or restore the backbone it was made with",
             )
     for job in jobs:
-        generated, elapsed = _synth_job(job, cache, dist, device, progress)
+        generated, elapsed, shown = _synth_job(job, cache, dist, device, progress)
         dist.barrier()
         if dist.rank == 0:
             rows = finalize(job.out_dir, max(job.keep_count, job.sample.count))
+            counts = tally(rows, job.sample.count)
+            if shown != (counts.accepted, counts.rejected_total):
+                # The merged manifest is the truth: other processes' rows, or nothing generated by this run.
+                _report_counts(progress, job, rows)
             run = read_run_json(job.out_dir)
             if run is not None and generated:
                 run["last_run"] = {"samples_per_s": round(generated / elapsed, 4) if elapsed > 0 else None}

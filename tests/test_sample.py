@@ -444,3 +444,37 @@ def test_fast_rank_waits_for_the_slow_one(tmp_path):
     thread.join()
     assert time.monotonic() - start >= 0.25  # it did wait for ids 1 and 3
     assert todo == [4, 6, 8, 10] and 1 in rows  # released once id 1 was done: 4 <= first missing (3) + 2
+
+
+def test_progress_counts_are_the_manifests(runs, tmp_path):
+    """The last progress event says what the manifest and the summary say (issue 18.1): attempts of the last batch
+    past the count-th accepted one are cut from the manifest, so progress must not count them as rejected."""
+    events = []
+    probe = tmp_path / "probe"
+    synthesize(runs, probe, overrides={"sample": {"count": 8, "batch_size": 8, "max_attempts": 8}})
+    areas = {r["id"]: r["mask_area"] for r in read_rows(probe / "bottle" / "crack" / "manifest.jsonl")}
+    assert len(areas) == 8
+    # A mask-area limit that rejects some attempt after an accepted one, within the one batch of 8.
+    for limit in sorted({(a + b) / 2 for a in areas.values() for b in areas.values() if a < b}):
+        accepted = [i for i in sorted(areas) if 0 < areas[i] <= limit]
+        later_rejected = [i for i in sorted(areas) if accepted and i > accepted[0] and not 0 < areas[i] <= limit]
+        if later_rejected:
+            break
+    else:
+        pytest.skip("no mask-area limit rejects an attempt after an accepted one in these 8 attempts")
+    out = tmp_path / "out"
+    summary = synthesize(runs, out, overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
+                                               "mask": {"max_area_fraction": limit}}, progress=events.append)
+    rows = read_rows(out / "bottle" / "crack" / "manifest.jsonl")
+    in_manifest = sum(not r["accepted"] for r in rows)
+    assert [r["id"] for r in rows][-1] == accepted[0]  # the manifest ends at the first accepted attempt
+    last = [e for e in events if e.task == "synth bottle/crack"][-1]
+    assert (last.completed, last.total) == (1, 1)
+    assert last.info["rejected"] == in_manifest == sum(summary.defects[0].rejected.values())
+    assert summary.defects[0].attempts == len(rows)
+    # A rerun (nothing left to do) reports the same counts, from the manifest.
+    events.clear()
+    synthesize(runs, out, overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
+                                     "mask": {"max_area_fraction": limit}},
+               progress=events.append)
+    assert [(e.completed, e.info["rejected"]) for e in events] == [(1, in_manifest)]
