@@ -413,10 +413,7 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
         job.keep_count = max(job.sample.count, run["count"], int(run.get("kept_count") or 0))
     old_sha = (run.get("adapter") or {}).get("sha256")
     if old_sha and old_sha != job.adapter_sha256:
-        raise CompatibilityError(
-            f"{job.out_dir}: made with another adapter ({old_sha[:12]}), not {job.adapter_sha256[:12]}",
-            hint="write to a new --out folder, or delete this one",
-        )
+        raise _stale_output_error(job, run.get("adapter") or {})
     old_sample = run.get("sample") or {}
     changed = [f for f in GENERATION_FIELDS if f in old_sample and old_sample[f] != getattr(job.sample, f)]
     if changed:
@@ -434,6 +431,26 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
             )
         # No mask setting asked for: keep the folder's own (e.g. after `anogen mask` re-thresholded it).
         job.mask = resolve(overrides={"mask": old_mask}).mask
+
+
+def _stale_output_error(job: Job, made_with: Mapping[str, Any]) -> CompatibilityError:
+    """An output made with an adapter that is not this one: usually the same folder, retrained since (``fit
+    --resume --steps``); say so, and how to go on, rather than a bare hash mismatch."""
+    old_sha = str(made_with.get("sha256"))
+    way = f"write this adapter's samples to a new --out, or regenerate: delete {job.out_dir} and rerun"
+    old_path = made_with.get("path")
+    same_folder = old_path is not None and Path(old_path).resolve() == job.adapter_dir.resolve()
+    if not same_folder:
+        return CompatibilityError(
+            f"{job.out_dir}: made with another adapter ({old_path or old_sha[:12]}), not {job.adapter_dir}",
+            hint=way,
+        )
+    old_steps, new_steps = made_with.get("steps_done"), job.record.get("steps_done")
+    steps = f" ({old_steps} steps; it now has {new_steps})" if old_steps is not None and new_steps is not None else ""
+    return CompatibilityError(
+        f"{job.out_dir} is stale: made from an earlier version of {job.adapter_dir}{steps}, retrained since",
+        hint=way,
+    )
 
 
 def prepare_jobs(
@@ -602,7 +619,11 @@ def _run_json(job: Job, refs: References, dist: Dist) -> dict[str, Any]:
 
     return {
         "anogen_version": __version__,
-        "adapter": {"path": str(job.adapter_dir), "sha256": job.adapter_sha256},
+        "adapter": {
+            "path": str(job.adapter_dir),
+            "sha256": job.adapter_sha256,
+            "steps_done": job.record.get("steps_done"),
+        },
         "category": job.category,
         "defect": job.defect,
         "backbone": job.record.get("backbone"),

@@ -25,6 +25,7 @@ Several processes (``accelerate launch``) split the work in one of two ways (``p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -126,6 +127,10 @@ class DefectPlan:
     process: int
     resume_from: int | None
     complete: bool
+    # The steps this adapter trains to: its recorded run's target on a resume, else train.steps.
+    steps: int = 0
+    # The recorded target when an explicit --steps changes it (announced; synth outputs of it become stale).
+    recorded_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +141,8 @@ class DefectPlan:
             "process": self.process,
             "resume_from": self.resume_from,
             "complete": self.complete,
+            "steps": self.steps,
+            "recorded_steps": self.recorded_steps,
         }
 
 
@@ -420,8 +427,24 @@ def _check_record(adapter_json: Path, key: dict[str, Any]) -> int:
     return int(record.get("steps_done", 0))
 
 
-def _existing_state(folder: Path, key: dict[str, Any], resume: bool, steps: int) -> tuple[int | None, bool]:
-    """(step to resume from, already complete) for one adapter folder; refuses to silently overwrite a fit."""
+def _recorded_target(done: int | None, state: dict[str, Any] | None) -> int | None:
+    """The steps the recorded run of an adapter folder aims at: its latest checkpoint's target when that
+    checkpoint is newer than the finished adapter (a continued run), else the finished adapter's steps."""
+    newer = state is not None and (done is None or int(state["step"]) > done)
+    if newer and state is not None and isinstance(state.get("target_steps"), int):
+        return int(state["target_steps"])
+    return done
+
+
+def _existing_state(
+    folder: Path, key: dict[str, Any], resume: bool, steps: int, retarget: bool = False
+) -> tuple[int | None, bool, int, int | None]:
+    """(step to resume from, already complete, target steps, recorded target changed by ``retarget``) for one
+    adapter folder; refuses to silently overwrite a fit.
+
+    A resume continues the recorded run to its recorded target; only ``retarget`` (an explicit ``--steps``) trains
+    to ``steps`` instead. Checkpoints of older versions record no target: then ``steps`` is the target.
+    """
     checkpoints = _checkpoints(folder)
     adapter_json = folder / "adapter.json"
     if not resume:
@@ -430,22 +453,25 @@ def _existing_state(folder: Path, key: dict[str, Any], resume: bool, steps: int)
                 f"{folder} already holds a fit",
                 hint="pass --resume to continue it, or choose another --out",
             )
-        return None, False
+        return None, False, steps, None
     done = _check_record(adapter_json, key) if adapter_json.is_file() else None
-    if done is not None and done >= steps:
-        return done, True
-    if not checkpoints:
+    state = _check_resume(checkpoints[-1], key, check_backbone_hash=False) if checkpoints else None
+    recorded = _recorded_target(done, state)
+    target = steps if retarget or recorded is None else recorded
+    changed = recorded if recorded is not None and recorded != target else None
+    if done is not None and done >= target:
+        return done, True, done, None
+    if state is None:
         if done is not None:
             raise CompatibilityError(
                 f"{folder} holds an adapter of {done} steps but no checkpoint to continue it from",
                 hint="train again in another --out (with --checkpoint-every above 0)",
             )
-        return None, False
-    state = _check_resume(checkpoints[-1], key, check_backbone_hash=False)
+        return None, False, target, changed
     step = int(state["step"])
-    if step > steps:
-        raise InputError(f"{checkpoints[-1]} is already past --steps {steps}", hint=f"pass --steps {step} or more")
-    return step, False
+    if step > target:
+        raise InputError(f"{checkpoints[-1]} is already past --steps {target}", hint=f"pass --steps {step} or more")
+    return step, False, target, changed
 
 
 def plan_fit(
@@ -459,6 +485,7 @@ def plan_fit(
     parallel: ParallelMode = "auto",
     num_processes: int | None = None,
     device: str | None = None,
+    retarget: bool = False,
 ) -> FitPlan:
     """Validate everything a fit needs and describe it, without loading a model.
 
@@ -472,10 +499,14 @@ def plan_fit(
         out (`str | Path`): the runs root; adapters go to ``out/<category>/<defect>/``.
         defects (`Sequence[str]`, *optional*): defect types to train (all by default).
         prior_dir (`str | Path`, *optional*): ``anogen prior`` output (needed when ``adapter.bcm``).
-        resume (`bool`, defaults to False): continue from the latest checkpoint of each adapter.
+        resume (`bool`, defaults to False): continue each adapter's recorded run, from its latest checkpoint, to
+            its recorded target (finished adapters are complete).
         parallel (`str`, defaults to `"auto"`): ``defects``, ``data`` or ``auto`` (see the module docstring).
         num_processes (`int`, *optional*): processes of the run (read from the launcher's env by default).
         device (`str`, *optional*): ``cuda`` or ``cpu`` (for the precision check and the memory estimate).
+        retarget (`bool`, defaults to False): with ``resume``, train to ``config.train.steps`` instead of each
+            recorded target (the CLI sets it when ``--steps`` is given); ``DefectPlan.recorded_steps`` says where
+            that changes a target.
 
     Returns:
         `FitPlan`.
@@ -513,9 +544,9 @@ def plan_fit(
             _background_sources(category, name, split.train, prior)  # type: ignore[arg-type]
         folder = Path(out) / safe_name(category.name) / safe_name(name)
         key = _resume_key(config, None, split, data_world)
-        resume_from, complete = _existing_state(folder, key, resume, config.train.steps)
+        resume_from, complete, target, recorded = _existing_state(folder, key, resume, config.train.steps, retarget)
         process = index % world if mode == "defects" else 0
-        plans.append(DefectPlan(name, folder, split, process, resume_from, complete))
+        plans.append(DefectPlan(name, folder, split, process, resume_from, complete, target, recorded))
     trainable = frozen = peak = seconds = None
     basis = "unknown"
     if configs is not None:
@@ -532,7 +563,7 @@ def plan_fit(
             gradient_checkpointing=config.train.gradient_checkpointing,
             bcm=bcm,
         )
-        steps_left = sum(0 if p.complete else config.train.steps - (p.resume_from or 0) for p in plans)
+        steps_left = sum(0 if p.complete else p.steps - (p.resume_from or 0) for p in plans)
         seconds, basis = estimate_fit_seconds(
             configs["unet"],
             resolution=config.train.resolution,
@@ -866,8 +897,12 @@ def save_checkpoint(
     resume_key: dict[str, Any],
     keep: int,
     scaler_state: dict[str, Any] | None = None,
+    target_steps: int | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNN/`` (``state.safetensors`` + ``state.json``) atomically, keep ``keep``."""
+    """Write ``checkpoints/step-NNNNNN/`` (``state.safetensors`` + ``state.json``) atomically, keep ``keep``.
+
+    ``target_steps`` (the steps the run aims at) lets a later ``--resume`` continue to the same target.
+    """
     from safetensors.torch import save
 
     root = folder / "checkpoints"
@@ -889,6 +924,8 @@ def save_checkpoint(
         "scaler": scaler_state,
         "num_trainable_tensors": len(adapter.trainable_parameters()),
     }
+    if target_steps is not None:
+        state["target_steps"] = target_steps
     write_json_atomic(tmp / "state.json", state)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -1071,6 +1108,7 @@ def fit(
     progress: ProgressCallback | None = None,
     accelerator: Accelerator | None = None,
     backbone: Backbone | None = None,
+    retarget: bool = False,
 ) -> list[FitResult]:
     """Train one dual adapter per defect type of ``category`` into ``out/<category>/<defect>/``.
 
@@ -1080,13 +1118,16 @@ def fit(
         out (`str | Path`): the runs root.
         defects (`Sequence[str]`, *optional*): defect types to train; all by default.
         prior_dir (`str | Path`, *optional*): ``anogen prior`` output; required when ``config.adapter.bcm``.
-        resume (`bool`, defaults to False): continue every adapter from its latest checkpoint; finished adapters
-            are left alone. Without it, a folder that already holds a fit is an error.
+        resume (`bool`, defaults to False): continue every adapter's recorded run from its latest checkpoint to
+            its recorded target; finished adapters are left alone. Without it, a folder that already holds a fit
+            is an error.
         parallel (`str`, defaults to `"auto"`): how several processes share the work (module docstring).
         progress (`ProgressCallback`, *optional*): ``fit <category>/<defect>`` events with ``loss`` and ``eta_s``.
         accelerator (`Accelerator`, *optional*): one to reuse; by default one is made from ``config.train``.
         backbone (`Backbone`, *optional*): an already loaded backbone (it is moved to the device and gets the dual
             processors during the fit; both are undone afterwards).
+        retarget (`bool`, defaults to False): with ``resume``, train to ``config.train.steps`` even where a
+            recorded run aimed at another number of steps (see :func:`plan_fit`).
 
     Returns:
         `list[FitResult]`: one per defect type, in plan order (every process returns the whole list).
@@ -1107,6 +1148,7 @@ def fit(
         parallel=parallel,
         num_processes=world,
         device=device.type,
+        retarget=retarget,
     )
     own_backbone = backbone is None
     backbone = backbone or _load_backbone(config)
@@ -1123,7 +1165,7 @@ def fit(
         for item in plan.defects:
             mine = plan.parallel == "data" or item.process == rank
             if item.complete:
-                results.append(FitResult(category.name, item.defect, item.folder, config.train.steps, None, "complete"))
+                results.append(FitResult(category.name, item.defect, item.folder, item.steps, None, "complete"))
                 continue
             if not mine:
                 results.append(FitResult(category.name, item.defect, item.folder, 0, None, "other-process"))
@@ -1151,6 +1193,9 @@ def _fit_one(
     from anogen.model.adapter import save_adapter
     from anogen.model.dual import DualAdapter, encode_prompts
 
+    if item.steps and item.steps != config.train.steps:
+        # A resume to the recorded target: the adapter record then states the steps actually trained to.
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=item.steps))
     train = config.train
     device = accelerator.device
     data_parallel = plan.parallel == "data" and accelerator.num_processes > 1
@@ -1241,7 +1286,8 @@ def _fit_one(
                 )
             if writer and train.checkpoint_every and step % train.checkpoint_every == 0:
                 scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-                save_checkpoint(item.folder, step, adapter, optimizer, key, train.checkpoints_keep, scaler_state)
+                save_checkpoint(item.folder, step, adapter, optimizer, key, train.checkpoints_keep, scaler_state,
+                                target_steps=train.steps)
             if writer and ((train.validate_every and step % train.validate_every == 0) or step == train.steps):
                 _write_validation(
                     backbone, adapter, config, cache, device, category.name, item.defect, item.folder, step
@@ -1254,7 +1300,8 @@ def _fit_one(
             if train.checkpoint_every and train.steps % train.checkpoint_every and train.steps > start:
                 # A last checkpoint lets a later run with more --steps resume where this one ended.
                 scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-                save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state)
+                save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state,
+                                target_steps=train.steps)
             record = _adapter_record(category, item.defect, config, backbone, item.split, plan.prior, train.steps)
             save_adapter(adapter, item.folder, record)
     finally:

@@ -161,9 +161,14 @@ def fit_command(
         "prior_dir": prior,
         "resume": resume,
         "parallel": parallel,
+        # An explicit --steps is the only thing that moves a resumed run's recorded target.
+        "retarget": resume and steps is not None,
     }
+    plan = train.plan_fit(cat, resolved, out, **kwargs)
+    if main_process:
+        for line in _target_lines(plan, retarget=kwargs["retarget"]):
+            (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
     if dry_run:
-        plan = train.plan_fit(cat, resolved, out, **kwargs)
         if not main_process:
             return
         out_.emit_json({"dry_run": True, "preset": preset_name, "plan": plan.to_dict()})
@@ -203,6 +208,23 @@ def _resolution_for_backbone(
     )
 
 
+def _target_lines(plan: Any, *, retarget: bool) -> list[str]:
+    """One line on resumed targets: where --steps changes a recorded one, or where the recorded one is kept."""
+    if retarget:
+        changed = [f"{d.defect} {d.recorded_steps} -> {d.steps}" for d in plan.defects if d.recorded_steps is not None]
+        if not changed:
+            return []
+        return [
+            f"--steps {plan.steps} changes the recorded target ({', '.join(changed)} steps): training continues, "
+            "and synth outputs made from the earlier adapters will be reported as stale"
+        ]
+    kept = sorted({d.steps for d in plan.defects if d.resume_from is not None and not d.complete})
+    if kept and kept != [plan.steps]:
+        targets = ", ".join(str(t) for t in kept)
+        return [f"continuing the recorded run to its target of {targets} steps (--steps N to change the target)"]
+    return []
+
+
 def _print_plan(out: Any, plan: Any) -> None:
     if plan.native_resolution is None:
         native = "native size unknown: backbone configs not local"
@@ -228,7 +250,12 @@ def _print_plan(out: Any, plan: Any) -> None:
     )
     table = Table("defect type", "train", "held out", "process", "state", "folder")
     for item in plan.defects:
-        state = "complete" if item.complete else (f"resume from {item.resume_from}" if item.resume_from else "new")
+        if item.complete:
+            state = f"complete ({item.steps} steps)"
+        elif item.resume_from:
+            state = f"resume {item.resume_from} -> {item.steps}"
+        else:
+            state = "new"
         table.add_row(
             escape(item.defect),
             str(len(item.split.train)),
