@@ -182,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "mask": MaskConfig,
 }
 META_KEYS = ("extends", "description", "validated")
+COMMAND_LINE = "command-line options"  # the source name of overrides in error messages
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,13 @@ def validate_sections(data: Mapping[str, Any], *, source: str, allow_meta: bool)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise PresetError(f"{source}: unknown key {key}.{name}{hint}")
             if not _value_fits(value, hints[name]):
+                if get_origin(hints[name]) is Literal:
+                    # A choice: name the choices, not the type ("unknown sampler 'foo'; choose one of ...").
+                    where = "" if source == COMMAND_LINE else f"{source}: "
+                    choices = ", ".join(str(a) for a in get_args(hints[name]))
+                    raise PresetError(
+                        f"{where}unknown {name.replace('_', ' ')} {value!r} ({key}.{name}); choose one of {choices}"
+                    )
                 raise PresetError(f"{source}: {key}.{name} = {value!r} does not fit type {_type_name(hints[name])}")
 
 
@@ -380,7 +388,7 @@ def resolve(
         merged = merge_sections(merged, data)
     if overrides:
         cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
-        validate_sections(cleaned, source="command-line options", allow_meta=False)
+        validate_sections(cleaned, source=COMMAND_LINE, allow_meta=False)
         merged = merge_sections(merged, cleaned)
     sections = {name: _build_section(cls, merged.get(name) or {}) for name, cls in SECTIONS.items()}
     return ResolvedConfig(

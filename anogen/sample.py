@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -453,6 +452,20 @@ def _stale_output_error(job: Job, made_with: Mapping[str, Any]) -> Compatibility
     )
 
 
+def _check_sample_numbers(sample: SampleConfig) -> None:
+    if sample.count < 1:
+        # A count of 0 would exit 0 having done nothing, which a CI job would take for success.
+        raise InputError(
+            f"--count {sample.count} asks for no samples: nothing to do",
+            hint="pass --count 1 or more (accepted samples per defect type)",
+        )
+    for name, flag in (("steps", "--steps"), ("batch_size", "--batch-size")):
+        if getattr(sample, name) < 1:
+            raise InputError(f"{flag} must be at least 1 (got {getattr(sample, name)})")
+    if sample.max_attempts is not None and sample.max_attempts < 1:
+        raise InputError(f"--max-attempts must be at least 1 (got {sample.max_attempts})")
+
+
 def prepare_jobs(
     runs: Path,
     out: Path,
@@ -472,11 +485,7 @@ def prepare_jobs(
         category = str(record.get("category") or folder.parent.name)
         defect = str(record.get("defect") or folder.name)
         sample_cfg, mask_cfg = _configs_for(record, sample, mask, overrides)
-        if sample_cfg.count < 0 or sample_cfg.steps < 1 or sample_cfg.batch_size < 1:
-            raise InputError(
-                f"count must be >= 0, steps and batch size >= 1 (got {sample_cfg.count}, {sample_cfg.steps}, "
-                f"{sample_cfg.batch_size})"
-            )
+        _check_sample_numbers(sample_cfg)
         out_dir = Path(out) / safe_name(category) / safe_name(defect)
         if out_dir in seen:
             raise InputError(f"adapters {seen[out_dir]} and {folder} both write to {out_dir}")
@@ -493,23 +502,20 @@ def _bytes_per_attempt(resolution: int) -> int:
 
 
 def _resolution_of(record: Mapping[str, Any]) -> int:
-    """The output resolution without loading the model: from the backbone folder's configs when on disk."""
-    source = str((record.get("backbone") or {}).get("source") or "")
-    from anogen.model.backbone import TOY_DIR, tiny_configs
+    """The output resolution without loading the model: the backbone's native size (``describe_backbone``), else
+    the recorded training resolution."""
+    from anogen.errors import BackboneError
+    from anogen.model.spec import describe_backbone
 
-    if source == "tiny":
-        cfg = tiny_configs()
-        return int(cfg["unet"]["sample_size"]) * 2 ** (len(cfg["vae"]["block_out_channels"]) - 1)
-    folder = TOY_DIR if source == "toy" else Path(source)
+    source = str((record.get("backbone") or {}).get("source") or "")
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        size = unet["sample_size"]
-        size = size[0] if isinstance(size, list) else size
-        return int(size) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError):
-        train = ((record.get("config") or {}).get("train") or {}).get("resolution")
-        return int(train or 512)
+        native = describe_backbone(source).native_resolution if source else None
+    except BackboneError:
+        native = None
+    if native is not None:
+        return native
+    train = ((record.get("config") or {}).get("train") or {}).get("resolution")
+    return int(train or 512)
 
 
 def plan(jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -858,7 +864,7 @@ def synthesize(
     if device is None:
         device = dist.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
-    _check_backbones(jobs)
+    check_backbones(jobs)
     summary = SynthSummary()
     cache: dict[tuple[str, str], Backbone] = {}
     # Every adapter against its loaded backbone first, so that a wrong one stops the run before anything is made.
@@ -892,8 +898,12 @@ def synthesize(
     return summary
 
 
-def _check_backbones(jobs: Sequence[Job]) -> None:
-    """Every adapter must name a backbone with a content hash (checked again against the loaded weights)."""
+def check_backbones(jobs: Sequence[Job]) -> None:
+    """Every adapter must name a backbone with a content hash, and that backbone must be findable: the checks a
+    real run makes before loading weights, shared with ``synth --dry-run`` (``describe_backbone``, as
+    ``load_backbone`` starts with). The hash itself is checked against the loaded weights later."""
+    from anogen.model.spec import describe_backbone
+
     for job in jobs:
         made_for = job.record.get("backbone") or {}
         if not made_for.get("source") or not made_for.get("content_hash"):
@@ -901,6 +911,8 @@ def _check_backbones(jobs: Sequence[Job]) -> None:
                 f"{job.adapter_dir / 'adapter.json'}: records no backbone (source and content_hash)",
                 hint="refit it with this version of anogen",
             )
+        bb_cfg = (job.record.get("config") or {}).get("backbone") or {}
+        describe_backbone(str(made_for["source"]), cache_dir=bb_cfg.get("cache_dir"), revision=bb_cfg.get("revision"))
 
 
 # ------------------------------------------------------------------------------------------------ remask

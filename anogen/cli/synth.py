@@ -52,7 +52,15 @@ def parse_threshold(value: str | None) -> float | str | None:
 
 def synth_command(
     runs: Annotated[Path, typer.Argument(help="Fit output: the root, a category folder or a defect folder.")],
-    count: Annotated[int | None, typer.Option("--count", "-n", help="Accepted samples per defect type.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            "-n",
+            help="Accepted samples per defect type (default: sample.count recorded in each adapter from its fit "
+            "preset: 1000 for mvtec/, visa/ and generic/ presets, 16 for toy/; --preset or --config override it).",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output root: OUT/<category>/<defect>/.")] = Path("synth"),
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="(whole, part) pairs per batch.")] = None,
     seed: SeedOpt = None,
@@ -102,6 +110,7 @@ def synth_command(
         sample_cfg, mask_cfg = resolved.sample, resolved.mask
     if dry_run:
         jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides)
+        sample_lib.check_backbones(jobs)  # what the real run checks before it loads weights
         entries = sample_lib.plan(jobs)
         if main_process:
             _print_plan(out_, entries)
