@@ -374,13 +374,15 @@ def test_resume_edges(category, tiny_backbone, tmp_path):
                                       "train": {"resolution": SIZE, "steps": 2, "learning_rate": 1e-3,
                                                 "checkpoint_every": 0, "validate_every": 0}})
         plan_fit(category, bigger, tmp_path / "n", resume=True)
+    # more steps asked explicitly (--steps, i.e. retarget) need a checkpoint to continue from
+    assert plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True).defects[0].complete
     with pytest.raises(CompatibilityError, match="no checkpoint to continue it from"):
-        plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True)
+        plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True, retarget=True)
     # a checkpoint beyond --steps
     fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone)
     (tmp_path / "p" / "widget" / "stain" / "adapter.json").unlink()
     with pytest.raises(InputError, match="already past --steps 2"):
-        plan_fit(category, small_config(steps=2, checkpoint_every=3), tmp_path / "p", resume=True)
+        plan_fit(category, small_config(steps=2, checkpoint_every=3), tmp_path / "p", resume=True, retarget=True)
     # interrupted between the last checkpoint and the adapter: --resume writes the adapter from it
     [done] = fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone,
                  resume=True)
