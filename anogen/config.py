@@ -312,10 +312,12 @@ def validate_sections(data: Mapping[str, Any], *, source: str, allow_meta: bool)
             if not _value_fits(value, hints[name]):
                 if get_origin(hints[name]) is Literal:
                     # A choice: name the choices, not the type ("unknown sampler 'foo'; choose one of ...").
-                    where = "" if source == COMMAND_LINE else f"{source}: "
+                    label = name.replace("_", " ")
                     choices = ", ".join(str(a) for a in get_args(hints[name]))
+                    if source == COMMAND_LINE:
+                        raise PresetError(f"unknown {label} {value!r} ({key}.{name}); choose one of {choices}")
                     raise PresetError(
-                        f"{where}unknown {name.replace('_', ' ')} {value!r} ({key}.{name}); choose one of {choices}"
+                        f"{source}: {key}.{name} = {value!r}: unknown {label}; choose one of {choices}"
                     )
                 raise PresetError(f"{source}: {key}.{name} = {value!r} does not fit type {_type_name(hints[name])}")
 

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -1109,6 +1109,7 @@ def fit(
     accelerator: Accelerator | None = None,
     backbone: Backbone | None = None,
     retarget: bool = False,
+    on_plan: Callable[[FitPlan], None] | None = None,
 ) -> list[FitResult]:
     """Train one dual adapter per defect type of ``category`` into ``out/<category>/<defect>/``.
 
@@ -1128,6 +1129,8 @@ def fit(
             processors during the fit; both are undone afterwards).
         retarget (`bool`, defaults to False): with ``resume``, train to ``config.train.steps`` even where a
             recorded run aimed at another number of steps (see :func:`plan_fit`).
+        on_plan (`Callable`, *optional*): called with the :class:`FitPlan` once it is checked, before the backbone
+            is loaded (the CLI announces changed targets with it).
 
     Returns:
         `list[FitResult]`: one per defect type, in plan order (every process returns the whole list).
@@ -1150,6 +1153,8 @@ def fit(
         device=device.type,
         retarget=retarget,
     )
+    if on_plan is not None:
+        on_plan(plan)
     own_backbone = backbone is None
     backbone = backbone or _load_backbone(config)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.train.mixed_precision, torch.float32)

@@ -164,18 +164,22 @@ def fit_command(
         # An explicit --steps is the only thing that moves a resumed run's recorded target.
         "retarget": resume and steps is not None,
     }
-    plan = train.plan_fit(cat, resolved, out, **kwargs)
-    if main_process:
-        for line in _target_lines(plan, retarget=kwargs["retarget"]):
-            (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
+
+    def announce(plan: Any) -> None:
+        if main_process:
+            for line in _target_lines(plan, retarget=kwargs["retarget"]):
+                (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
+
     if dry_run:
+        plan = train.plan_fit(cat, resolved, out, **kwargs)
+        announce(plan)
         if not main_process:
             return
         out_.emit_json({"dry_run": True, "preset": preset_name, "plan": plan.to_dict()})
         _print_plan(out_, plan)
         return
     with out_.progress() as display:
-        results = train.fit(cat, resolved, out, progress=display, **kwargs)
+        results = train.fit(cat, resolved, out, progress=display, on_plan=announce, **kwargs)
     if not main_process:
         return
     out_.emit_json(
@@ -200,6 +204,8 @@ def _resolution_for_backbone(
     if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
         resolution_given = True
     preset_backbone = resolve(resolved.preset).backbone.id if resolved.preset else None
+    if resolution_given or resolved.backbone.id == preset_backbone:
+        return resolved, None  # nothing to decide; the backbone is described (and checked) by the plan
     described = describe_backbone(
         resolved.backbone.id, cache_dir=resolved.backbone.cache_dir, revision=resolved.backbone.revision
     )
