@@ -478,3 +478,44 @@ def test_progress_counts_are_the_manifests(runs, tmp_path):
                                      "mask": {"max_area_fraction": limit}},
                progress=events.append)
     assert [(e.completed, e.info["rejected"]) for e in events] == [(1, in_manifest)]
+
+
+def test_progress_counts_with_two_ranks_are_the_merged_manifests(runs, tmp_path, monkeypatch):
+    """Issue 18.1 across processes: rank 0's last progress line is the merged manifest's counts, whatever rows the
+    other rank wrote after rank 0's last batch (two ranks as two threads sharing a barrier)."""
+    import threading
+
+    import anogen.model.backbone as backbone_module
+    from anogen.sample import Dist
+
+    # build_tiny seeds torch's global generator: two threads must not build at the same time.
+    lock, build = threading.Lock(), backbone_module.build_tiny
+
+    def build_one_at_a_time(*args, **kwargs):
+        with lock:
+            return build(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "build_tiny", build_one_at_a_time)
+    barrier = threading.Barrier(2, timeout=300)
+    events: list = []
+    overrides = {"sample": {"count": 3, "batch_size": 1}, "mask": {"threshold": 0.6}}
+    errors: list = []
+
+    def rank(r: int) -> None:
+        try:
+            synthesize(runs, tmp_path / "out", overrides=overrides, dist=Dist(rank=r, world=2, barrier=barrier.wait),
+                       device="cpu", progress=events.append if r == 0 else None)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    rows = read_rows(tmp_path / "out" / "bottle" / "crack" / "manifest.jsonl")
+    last = [e for e in events if e.task == "synth bottle/crack"][-1]
+    assert last.completed == sum(r["accepted"] for r in rows) == 3
+    assert last.info["rejected"] == sum(not r["accepted"] for r in rows)
