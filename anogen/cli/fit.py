@@ -81,7 +81,10 @@ def fit_command(
     prior: Annotated[
         Path | None, typer.Option("--prior", help="Output of `anogen prior` (backgrounds for BCM).")
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps per adapter.")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="Optimiser steps per adapter (with --resume: a new target for recorded runs)."),
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate.")] = None,
     rank: Annotated[int | None, typer.Option("--rank", help="LoRA rank per branch.")] = None,
     batch_size: Annotated[
@@ -115,7 +118,12 @@ def fit_command(
         "runs"
     ),
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue each adapter from its latest checkpoint.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue each adapter's recorded run, from its latest checkpoint, to its recorded number of steps "
+            "(--steps changes that target).",
+        ),
     ] = False,
     dry_run: DryRunOpt = False,
     json_output: JsonOpt = False,
