@@ -182,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "mask": MaskConfig,
 }
 META_KEYS = ("extends", "description", "validated")
+COMMAND_LINE = "command-line options"  # the source name of overrides in error messages
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,15 @@ def validate_sections(data: Mapping[str, Any], *, source: str, allow_meta: bool)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise PresetError(f"{source}: unknown key {key}.{name}{hint}")
             if not _value_fits(value, hints[name]):
+                if get_origin(hints[name]) is Literal:
+                    # A choice: name the choices, not the type ("unknown sampler 'foo'; choose one of ...").
+                    label = name.replace("_", " ")
+                    choices = ", ".join(str(a) for a in get_args(hints[name]))
+                    if source == COMMAND_LINE:
+                        raise PresetError(f"unknown {label} {value!r} ({key}.{name}); choose one of {choices}")
+                    raise PresetError(
+                        f"{source}: {key}.{name} = {value!r}: unknown {label}; choose one of {choices}"
+                    )
                 raise PresetError(f"{source}: {key}.{name} = {value!r} does not fit type {_type_name(hints[name])}")
 
 
@@ -380,7 +390,7 @@ def resolve(
         merged = merge_sections(merged, data)
     if overrides:
         cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
-        validate_sections(cleaned, source="command-line options", allow_meta=False)
+        validate_sections(cleaned, source=COMMAND_LINE, allow_meta=False)
         merged = merge_sections(merged, cleaned)
     sections = {name: _build_section(cls, merged.get(name) or {}) for name, cls in SECTIONS.items()}
     return ResolvedConfig(
@@ -432,3 +442,15 @@ def choose_preset(dataset_format: str, category: str, kind: CategoryKind | str |
 def preset_for(dataset_format: str, category: str, kind: CategoryKind | str | None = None) -> str:
     """The name of :func:`choose_preset`'s preset (commands print the name they picked)."""
     return choose_preset(dataset_format, category, kind).name
+
+
+def preset_line(config: ResolvedConfig) -> str:
+    """The one line a command prints about its preset, with the not-validated notice where it applies.
+
+    The notice is for presets whose values were reasoned, not measured (``validated: false``); the toy world's
+    presets are validated by their own measurements on the toy world (docs/synth.md) and get no notice.
+    """
+    name = config.preset or "none (defaults)"
+    if config.preset and not config.validated:
+        return f"preset {name} (values not yet validated on real data)"
+    return f"preset {name}"

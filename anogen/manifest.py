@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,38 @@ def result_rows(rows: Mapping[int, Mapping[str, Any]] | Sequence[Mapping[str, An
     values = rows.values() if isinstance(rows, Mapping) else rows
     accepted = [r for r in sorted(values, key=lambda r: int(r["id"])) if r.get("accepted")]
     return accepted if count is None else accepted[:count]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The counts of the result of ``--count N``, as the merged manifest will hold them.
+
+    Attributes:
+        accepted: accepted rows of the result (at most N).
+        rejected: rejected rows by reason, among the attempts up to the N-th accepted one (every attempt while N
+            is not reached): rejected attempts after the cut are deleted when the manifest is merged.
+        attempts: those attempts.
+    """
+
+    accepted: int
+    rejected: dict[str, int]
+    attempts: int
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+def tally(rows: Mapping[int, Mapping[str, Any]], count: int) -> Tally:
+    """Count the result of ``--count count`` in ``rows`` (id -> row); progress and summaries both use this."""
+    cut = cutoff_id(rows, count)
+    kept = [r for i, r in rows.items() if cut is None or i <= cut]
+    rejected: dict[str, int] = {}
+    for r in kept:
+        if not r.get("accepted"):
+            reason = str(r.get("reason"))
+            rejected[reason] = rejected.get(reason, 0) + 1
+    return Tally(len(result_rows(rows, count)), dict(sorted(rejected.items())), len(kept))
 
 
 def read_run_json(folder: str | Path) -> dict[str, Any] | None:

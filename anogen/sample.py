@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -56,6 +55,7 @@ from anogen.manifest import (
     sample_name,
     shard_name,
     shard_paths,
+    tally,
     write_manifest,
     write_run_json,
 )
@@ -412,10 +412,7 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
         job.keep_count = max(job.sample.count, run["count"], int(run.get("kept_count") or 0))
     old_sha = (run.get("adapter") or {}).get("sha256")
     if old_sha and old_sha != job.adapter_sha256:
-        raise CompatibilityError(
-            f"{job.out_dir}: made with another adapter ({old_sha[:12]}), not {job.adapter_sha256[:12]}",
-            hint="write to a new --out folder, or delete this one",
-        )
+        raise _stale_output_error(job, run.get("adapter") or {})
     old_sample = run.get("sample") or {}
     changed = [f for f in GENERATION_FIELDS if f in old_sample and old_sample[f] != getattr(job.sample, f)]
     if changed:
@@ -433,6 +430,40 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
             )
         # No mask setting asked for: keep the folder's own (e.g. after `anogen mask` re-thresholded it).
         job.mask = resolve(overrides={"mask": old_mask}).mask
+
+
+def _stale_output_error(job: Job, made_with: Mapping[str, Any]) -> CompatibilityError:
+    """An output made with an adapter that is not this one: usually the same folder, retrained since (``fit
+    --resume --steps``); say so, and how to go on, rather than a bare hash mismatch."""
+    old_sha = str(made_with.get("sha256"))
+    way = f"write this adapter's samples to a new --out, or regenerate: delete {job.out_dir} and rerun"
+    old_path = made_with.get("path")
+    same_folder = old_path is not None and Path(old_path).resolve() == job.adapter_dir.resolve()
+    if not same_folder:
+        return CompatibilityError(
+            f"{job.out_dir}: made with another adapter ({old_path or old_sha[:12]}), not {job.adapter_dir}",
+            hint=way,
+        )
+    old_steps, new_steps = made_with.get("steps_done"), job.record.get("steps_done")
+    steps = f" ({old_steps} steps; it now has {new_steps})" if old_steps is not None and new_steps is not None else ""
+    return CompatibilityError(
+        f"{job.out_dir} is stale: made from an earlier version of {job.adapter_dir}{steps}, retrained since",
+        hint=way,
+    )
+
+
+def _check_sample_numbers(sample: SampleConfig) -> None:
+    if sample.count < 1:
+        # A count of 0 would exit 0 having done nothing, which a CI job would take for success.
+        raise InputError(
+            f"--count {sample.count} asks for no samples: nothing to do",
+            hint="pass --count 1 or more (accepted samples per defect type)",
+        )
+    for name, flag in (("steps", "--steps"), ("batch_size", "--batch-size")):
+        if getattr(sample, name) < 1:
+            raise InputError(f"{flag} must be at least 1 (got {getattr(sample, name)})")
+    if sample.max_attempts is not None and sample.max_attempts < 1:
+        raise InputError(f"--max-attempts must be at least 1 (got {sample.max_attempts})")
 
 
 def prepare_jobs(
@@ -454,11 +485,7 @@ def prepare_jobs(
         category = str(record.get("category") or folder.parent.name)
         defect = str(record.get("defect") or folder.name)
         sample_cfg, mask_cfg = _configs_for(record, sample, mask, overrides)
-        if sample_cfg.count < 0 or sample_cfg.steps < 1 or sample_cfg.batch_size < 1:
-            raise InputError(
-                f"count must be >= 0, steps and batch size >= 1 (got {sample_cfg.count}, {sample_cfg.steps}, "
-                f"{sample_cfg.batch_size})"
-            )
+        _check_sample_numbers(sample_cfg)
         out_dir = Path(out) / safe_name(category) / safe_name(defect)
         if out_dir in seen:
             raise InputError(f"adapters {seen[out_dir]} and {folder} both write to {out_dir}")
@@ -475,23 +502,20 @@ def _bytes_per_attempt(resolution: int) -> int:
 
 
 def _resolution_of(record: Mapping[str, Any]) -> int:
-    """The output resolution without loading the model: from the backbone folder's configs when on disk."""
-    source = str((record.get("backbone") or {}).get("source") or "")
-    from anogen.model.backbone import TOY_DIR, tiny_configs
+    """The output resolution without loading the model: the backbone's native size (``describe_backbone``), else
+    the recorded training resolution."""
+    from anogen.errors import BackboneError
+    from anogen.model.spec import describe_backbone
 
-    if source == "tiny":
-        cfg = tiny_configs()
-        return int(cfg["unet"]["sample_size"]) * 2 ** (len(cfg["vae"]["block_out_channels"]) - 1)
-    folder = TOY_DIR if source == "toy" else Path(source)
+    source = str((record.get("backbone") or {}).get("source") or "")
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        size = unet["sample_size"]
-        size = size[0] if isinstance(size, list) else size
-        return int(size) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError):
-        train = ((record.get("config") or {}).get("train") or {}).get("resolution")
-        return int(train or 512)
+        native = describe_backbone(source).native_resolution if source else None
+    except BackboneError:
+        native = None
+    if native is not None:
+        return native
+    train = ((record.get("config") or {}).get("train") or {}).get("resolution")
+    return int(train or 512)
 
 
 def plan(jobs: Sequence[Job]) -> list[dict[str, Any]]:
@@ -601,7 +625,11 @@ def _run_json(job: Job, refs: References, dist: Dist) -> dict[str, Any]:
 
     return {
         "anogen_version": __version__,
-        "adapter": {"path": str(job.adapter_dir), "sha256": job.adapter_sha256},
+        "adapter": {
+            "path": str(job.adapter_dir),
+            "sha256": job.adapter_sha256,
+            "steps_done": job.record.get("steps_done"),
+        },
         "category": job.category,
         "defect": job.defect,
         "backbone": job.record.get("backbone"),
@@ -646,26 +674,32 @@ def finalize(folder: Path, count: int) -> dict[int, dict[str, Any]]:
 
 
 def _summarise(job: Job, rows: Mapping[int, Mapping[str, Any]], generated: int, elapsed: float) -> DefectSummary:
+    counts = tally(rows, job.sample.count)
     result = result_rows(rows, job.sample.count)
-    rejected: dict[str, int] = {}
-    for r in rows.values():
-        if not r.get("accepted"):
-            reason = str(r.get("reason"))
-            rejected[reason] = rejected.get(reason, 0) + 1
     areas = [float(r["mask_area"]) for r in result]
     return DefectSummary(
         category=job.category,
         defect=job.defect,
         out_dir=str(job.out_dir),
         count=job.sample.count,
-        accepted=len(result),
-        attempts=len(rows),
-        rejected=dict(sorted(rejected.items())),
+        accepted=counts.accepted,
+        attempts=counts.attempts,
+        rejected=counts.rejected,
         mean_mask_area=round(float(np.mean(areas)), 6) if areas else None,
         generated=generated,
         elapsed_s=round(elapsed, 3),
-        exhausted=len(result) < job.sample.count,
+        exhausted=counts.accepted < job.sample.count,
     )
+
+
+def _report_counts(
+    progress: ProgressCallback | None, job: Job, rows: Mapping[int, Mapping[str, Any]], **info: Any
+) -> tuple[int, int]:
+    """Report accepted / count and rejected as :func:`tally` counts them; returns (accepted, rejected)."""
+    counts = tally(rows, job.sample.count)
+    report(progress, f"synth {job.category}/{job.defect}", counts.accepted, job.sample.count,
+           rejected=counts.rejected_total, **info)
+    return counts.accepted, counts.rejected_total
 
 
 def _write_attempt(
@@ -726,8 +760,9 @@ def _synth_job(
     dist: Dist,
     device: torch.device,
     progress: ProgressCallback | None,
-) -> tuple[int, float]:
-    """Generate this rank's share of one job; returns (attempts generated, seconds)."""
+) -> tuple[int, float, tuple[int, int] | None]:
+    """Generate this rank's share of one job; returns (attempts generated, seconds, last (accepted, rejected)
+    reported to ``progress``, or ``None``)."""
     from anogen.model.adapter import load_adapter
 
     start = time.monotonic()
@@ -735,7 +770,6 @@ def _synth_job(
     log_path = folder / (MANIFEST if dist.world == 1 else shard_name(dist.rank))
     read_rows(log_path, repair=True)  # only this process appends to log_path
     rows = read_all_rows(folder)
-    task = f"synth {job.category}/{job.defect}"
 
     def pending() -> list[int]:
         cut = cutoff_id(rows, job.sample.count)
@@ -753,7 +787,7 @@ def _synth_job(
         write_run_json(folder, run)
     todo = pending()
     if not todo:
-        return 0, time.monotonic() - start
+        return 0, time.monotonic() - start, None
     backbone = _load_backbone_for(job.record, backbone_cache, device)
     adapter, _ = load_adapter(job.adapter_dir, backbone, device=device)
     background_latents = None
@@ -762,6 +796,7 @@ def _synth_job(
     for sub in SUBDIRS:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     generated = 0
+    shown: tuple[int, int] | None = None
     adapter.install(backbone.unet)
     try:
         while todo:
@@ -781,14 +816,13 @@ def _synth_job(
             if dist.world > 1:
                 rows.update({i: r for i, r in read_all_rows(folder).items() if i not in rows})
             elapsed = time.monotonic() - start
-            accepted = len(result_rows(rows, job.sample.count))
-            rejected = sum(1 for r in rows.values() if not r.get("accepted"))
-            report(progress, task, accepted, job.sample.count, rejected=rejected,
-                   samples_s=f"{generated / elapsed:.2f}" if elapsed > 0 else "-")
+            # Counted as the merged manifest will hold them: attempts of this batch past the count-th accepted
+            # one are deleted by finalize, so they are not counted as rejected here either.
+            shown = _report_counts(progress, job, rows, samples_s=f"{generated / elapsed:.2f}" if elapsed > 0 else "-")
             todo = pending()
     finally:
         adapter.uninstall(backbone.unet)
-    return generated, time.monotonic() - start
+    return generated, time.monotonic() - start, shown
 
 
 def synthesize(
@@ -830,7 +864,7 @@ def synthesize(
     if device is None:
         device = dist.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
-    _check_backbones(jobs)
+    check_backbones(jobs)
     summary = SynthSummary()
     cache: dict[tuple[str, str], Backbone] = {}
     # Every adapter against its loaded backbone first, so that a wrong one stops the run before anything is made.
@@ -845,10 +879,14 @@ def synthesize(
                 hint="refit the adapter on this backbone, or restore the backbone it was made with",
             )
     for job in jobs:
-        generated, elapsed = _synth_job(job, cache, dist, device, progress)
+        generated, elapsed, shown = _synth_job(job, cache, dist, device, progress)
         dist.barrier()
         if dist.rank == 0:
             rows = finalize(job.out_dir, max(job.keep_count, job.sample.count))
+            counts = tally(rows, job.sample.count)
+            if shown != (counts.accepted, counts.rejected_total):
+                # The merged manifest is the truth: other processes' rows, or nothing generated by this run.
+                _report_counts(progress, job, rows)
             run = read_run_json(job.out_dir)
             if run is not None and generated:
                 run["last_run"] = {"samples_per_s": round(generated / elapsed, 4) if elapsed > 0 else None}
@@ -860,8 +898,12 @@ def synthesize(
     return summary
 
 
-def _check_backbones(jobs: Sequence[Job]) -> None:
-    """Every adapter must name a backbone with a content hash (checked again against the loaded weights)."""
+def check_backbones(jobs: Sequence[Job]) -> None:
+    """Every adapter must name a backbone with a content hash, and that backbone must be findable: the checks a
+    real run makes before loading weights, shared with ``synth --dry-run`` (``describe_backbone``, as
+    ``load_backbone`` starts with). The hash itself is checked against the loaded weights later."""
+    from anogen.model.spec import describe_backbone
+
     for job in jobs:
         made_for = job.record.get("backbone") or {}
         if not made_for.get("source") or not made_for.get("content_hash"):
@@ -869,6 +911,8 @@ def _check_backbones(jobs: Sequence[Job]) -> None:
                 f"{job.adapter_dir / 'adapter.json'}: records no backbone (source and content_hash)",
                 hint="refit it with this version of anogen",
             )
+        bb_cfg = (job.record.get("config") or {}).get("backbone") or {}
+        describe_backbone(str(made_for["source"]), cache_dir=bb_cfg.get("cache_dir"), revision=bb_cfg.get("revision"))
 
 
 # ------------------------------------------------------------------------------------------------ remask

@@ -25,13 +25,14 @@ Several processes (``accelerate launch``) split the work in one of two ways (``p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +46,7 @@ from anogen.config import ResolvedConfig, to_jsonable
 from anogen.data.model import Category, CategoryKind, DefectSample
 from anogen.data.split import Split, few_shot_split
 from anogen.errors import BackboneError, CompatibilityError, DataError, InputError
+from anogen.fit_estimate import estimate_fit_seconds, measured_s_per_step
 from anogen.io import (
     canonical_safetensors,
     load_mask,
@@ -54,6 +56,7 @@ from anogen.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from anogen.model.spec import describe_backbone
 from anogen.progress import ProgressCallback, report
 from anogen.seeding import derive_seed
 
@@ -124,6 +127,10 @@ class DefectPlan:
     process: int
     resume_from: int | None
     complete: bool
+    # The steps this adapter trains to: its recorded run's target on a resume, else train.steps.
+    steps: int = 0
+    # The recorded target when an explicit --steps changes it (announced; synth outputs of it become stale).
+    recorded_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +141,8 @@ class DefectPlan:
             "process": self.process,
             "resume_from": self.resume_from,
             "complete": self.complete,
+            "steps": self.steps,
+            "recorded_steps": self.recorded_steps,
         }
 
 
@@ -165,6 +174,9 @@ class FitPlan:
     trainable_parameters: int | None
     backbone_parameters: int | None
     estimated_peak_bytes: int | None
+    native_resolution: int | None = None
+    estimated_seconds: float | None = None
+    estimate_basis: str = "unknown"
 
     @property
     def effective_batch(self) -> int:
@@ -193,6 +205,9 @@ class FitPlan:
             "trainable_parameters": self.trainable_parameters,
             "backbone_parameters": self.backbone_parameters,
             "estimated_peak_bytes": self.estimated_peak_bytes,
+            "native_resolution": self.native_resolution,
+            "estimated_seconds": self.estimated_seconds,
+            "estimate_basis": self.estimate_basis,
         }
 
 
@@ -262,44 +277,6 @@ def _check_train_config(config: ResolvedConfig, device: str) -> None:
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _backbone_configs(config: ResolvedConfig) -> dict[str, dict[str, Any]] | None:
-    """The UNet / VAE / text-encoder configs of the chosen backbone, read without loading weights.
-
-    Also checks a backbone folder's layout, so that a wrong folder stops a dry run too. ``None`` when the configs
-    are not local (a hub id that is not cached).
-    """
-    from anogen.model import backbone as bb
-
-    spec = config.backbone.id
-    if spec == "tiny":
-        return {k: v for k, v in bb.tiny_configs().items() if k in ("unet", "vae", "text_encoder")}
-    folder: Path | None
-    if spec == "toy":
-        folder = bb.TOY_DIR
-    elif Path(spec).expanduser().exists():
-        folder = Path(spec).expanduser()
-        # The same layout check load_backbone runs, without reading any weights.
-        bb._check_folder(folder)
-    else:
-        folder = None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(
-                spec, "unet/config.json", cache_dir=config.backbone.cache_dir, revision=config.backbone.revision
-            )
-        except Exception:  # noqa: BLE001 - a malformed id or cache only means "not local"
-            found = None
-        if isinstance(found, str):
-            folder = Path(found).parent.parent
-    if folder is None:
-        return None
-    try:
-        return {c: json.loads((folder / c / "config.json").read_text()) for c in ("unet", "vae", "text_encoder")}
-    except (OSError, ValueError):
-        return None
 
 
 def _count_parameters(configs: dict[str, dict[str, Any]], config: ResolvedConfig) -> tuple[int | None, int]:
@@ -450,8 +427,24 @@ def _check_record(adapter_json: Path, key: dict[str, Any]) -> int:
     return int(record.get("steps_done", 0))
 
 
-def _existing_state(folder: Path, key: dict[str, Any], resume: bool, steps: int) -> tuple[int | None, bool]:
-    """(step to resume from, already complete) for one adapter folder; refuses to silently overwrite a fit."""
+def _recorded_target(done: int | None, state: dict[str, Any] | None) -> int | None:
+    """The steps the recorded run of an adapter folder aims at: its latest checkpoint's target when that
+    checkpoint is newer than the finished adapter (a continued run), else the finished adapter's steps."""
+    newer = state is not None and (done is None or int(state["step"]) > done)
+    if newer and state is not None and isinstance(state.get("target_steps"), int):
+        return int(state["target_steps"])
+    return done
+
+
+def _existing_state(
+    folder: Path, key: dict[str, Any], resume: bool, steps: int, retarget: bool = False
+) -> tuple[int | None, bool, int, int | None]:
+    """(step to resume from, already complete, target steps, recorded target changed by ``retarget``) for one
+    adapter folder; refuses to silently overwrite a fit.
+
+    A resume continues the recorded run to its recorded target; only ``retarget`` (an explicit ``--steps``) trains
+    to ``steps`` instead. Checkpoints of older versions record no target: then ``steps`` is the target.
+    """
     checkpoints = _checkpoints(folder)
     adapter_json = folder / "adapter.json"
     if not resume:
@@ -460,22 +453,25 @@ def _existing_state(folder: Path, key: dict[str, Any], resume: bool, steps: int)
                 f"{folder} already holds a fit",
                 hint="pass --resume to continue it, or choose another --out",
             )
-        return None, False
+        return None, False, steps, None
     done = _check_record(adapter_json, key) if adapter_json.is_file() else None
-    if done is not None and done >= steps:
-        return done, True
-    if not checkpoints:
+    state = _check_resume(checkpoints[-1], key, check_backbone_hash=False) if checkpoints else None
+    recorded = _recorded_target(done, state)
+    target = steps if retarget or recorded is None else recorded
+    changed = recorded if recorded is not None and recorded != target else None
+    if done is not None and done >= target:
+        return done, True, done, None
+    if state is None:
         if done is not None:
             raise CompatibilityError(
                 f"{folder} holds an adapter of {done} steps but no checkpoint to continue it from",
                 hint="train again in another --out (with --checkpoint-every above 0)",
             )
-        return None, False
-    state = _check_resume(checkpoints[-1], key, check_backbone_hash=False)
+        return None, False, target, changed
     step = int(state["step"])
-    if step > steps:
-        raise InputError(f"{checkpoints[-1]} is already past --steps {steps}", hint=f"pass --steps {step} or more")
-    return step, False
+    if step > target:
+        raise InputError(f"{checkpoints[-1]} is already past --steps {target}", hint=f"pass --steps {step} or more")
+    return step, False, target, changed
 
 
 def plan_fit(
@@ -489,6 +485,7 @@ def plan_fit(
     parallel: ParallelMode = "auto",
     num_processes: int | None = None,
     device: str | None = None,
+    retarget: bool = False,
 ) -> FitPlan:
     """Validate everything a fit needs and describe it, without loading a model.
 
@@ -502,10 +499,14 @@ def plan_fit(
         out (`str | Path`): the runs root; adapters go to ``out/<category>/<defect>/``.
         defects (`Sequence[str]`, *optional*): defect types to train (all by default).
         prior_dir (`str | Path`, *optional*): ``anogen prior`` output (needed when ``adapter.bcm``).
-        resume (`bool`, defaults to False): continue from the latest checkpoint of each adapter.
+        resume (`bool`, defaults to False): continue each adapter's recorded run, from its latest checkpoint, to
+            its recorded target (finished adapters are complete).
         parallel (`str`, defaults to `"auto"`): ``defects``, ``data`` or ``auto`` (see the module docstring).
         num_processes (`int`, *optional*): processes of the run (read from the launcher's env by default).
         device (`str`, *optional*): ``cuda`` or ``cpu`` (for the precision check and the memory estimate).
+        retarget (`bool`, defaults to False): with ``resume``, train to ``config.train.steps`` instead of each
+            recorded target (the CLI sets it when ``--steps`` is given); ``DefectPlan.recorded_steps`` says where
+            that changes a target.
 
     Returns:
         `FitPlan`.
@@ -524,16 +525,17 @@ def plan_fit(
         _check_bcm(category, prior)
     if prior is not None and not prior.exists():
         raise InputError(f"prior folder {prior} does not exist", hint="run `anogen prior DATA --out DIR` first")
-    configs = _backbone_configs(config)
-    if configs is not None:
-        vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (1, 1, 1, 1))) - 1)
-        down = len(configs["unet"].get("block_out_channels", (1, 1, 1, 1))) - 1
-        multiple = vae_factor * 2**down
-        if config.train.resolution % multiple:
-            raise InputError(
-                f"--resolution {config.train.resolution} is not a multiple of {multiple} "
-                f"(the backbone downsamples by {vae_factor} in the VAE and {2**down} in the UNet)"
-            )
+    # The same description load_backbone starts from: a misspelt or missing backbone stops here, dry run or not.
+    described = describe_backbone(config.backbone.id, cache_dir=config.backbone.cache_dir,
+                                  revision=config.backbone.revision)
+    configs = described.configs
+    multiple = described.resolution_multiple
+    if multiple is not None and config.train.resolution % multiple:
+        raise InputError(
+            f"--resolution {config.train.resolution} is not a multiple of {multiple} "
+            f"(the backbone downsamples by {described.vae_scale_factor} in the VAE and "
+            f"{multiple // (described.vae_scale_factor or 1)} in the UNet)"
+        )
     data_world = world if mode == "data" else 1
     plans = []
     for index, name in enumerate(names):
@@ -542,13 +544,14 @@ def plan_fit(
             _background_sources(category, name, split.train, prior)  # type: ignore[arg-type]
         folder = Path(out) / safe_name(category.name) / safe_name(name)
         key = _resume_key(config, None, split, data_world)
-        resume_from, complete = _existing_state(folder, key, resume, config.train.steps)
+        resume_from, complete, target, recorded = _existing_state(folder, key, resume, config.train.steps, retarget)
         process = index % world if mode == "defects" else 0
-        plans.append(DefectPlan(name, folder, split, process, resume_from, complete))
-    trainable = frozen = peak = None
+        plans.append(DefectPlan(name, folder, split, process, resume_from, complete, target, recorded))
+    trainable = frozen = peak = seconds = None
+    basis = "unknown"
     if configs is not None:
         trainable, frozen = _count_parameters(configs, config)
-        vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (1,))) - 1)
+        vae_factor = described.vae_scale_factor or 8
         peak = estimate_peak_bytes(
             configs["unet"],
             trainable=trainable or 0,
@@ -559,6 +562,16 @@ def plan_fit(
             mixed_precision=config.train.mixed_precision,
             gradient_checkpointing=config.train.gradient_checkpointing,
             bcm=bcm,
+        )
+        steps_left = sum(0 if p.complete else p.steps - (p.resume_from or 0) for p in plans)
+        seconds, basis = estimate_fit_seconds(
+            configs["unet"],
+            resolution=config.train.resolution,
+            vae_scale_factor=vae_factor,
+            rows_per_step=config.train.batch_size * config.train.gradient_accumulation * (3 if bcm else 2),
+            steps=steps_left,
+            device=device,
+            measured_s_per_step=measured_s_per_step([p.folder for p in plans]),
         )
     return FitPlan(
         category=category.name,
@@ -579,6 +592,9 @@ def plan_fit(
         trainable_parameters=trainable,
         backbone_parameters=frozen,
         estimated_peak_bytes=peak,
+        native_resolution=described.native_resolution,
+        estimated_seconds=seconds,
+        estimate_basis=basis,
     )
 
 
@@ -881,8 +897,12 @@ def save_checkpoint(
     resume_key: dict[str, Any],
     keep: int,
     scaler_state: dict[str, Any] | None = None,
+    target_steps: int | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNN/`` (``state.safetensors`` + ``state.json``) atomically, keep ``keep``."""
+    """Write ``checkpoints/step-NNNNNN/`` (``state.safetensors`` + ``state.json``) atomically, keep ``keep``.
+
+    ``target_steps`` (the steps the run aims at) lets a later ``--resume`` continue to the same target.
+    """
     from safetensors.torch import save
 
     root = folder / "checkpoints"
@@ -904,6 +924,8 @@ def save_checkpoint(
         "scaler": scaler_state,
         "num_trainable_tensors": len(adapter.trainable_parameters()),
     }
+    if target_steps is not None:
+        state["target_steps"] = target_steps
     write_json_atomic(tmp / "state.json", state)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -1086,6 +1108,8 @@ def fit(
     progress: ProgressCallback | None = None,
     accelerator: Accelerator | None = None,
     backbone: Backbone | None = None,
+    retarget: bool = False,
+    on_plan: Callable[[FitPlan], None] | None = None,
 ) -> list[FitResult]:
     """Train one dual adapter per defect type of ``category`` into ``out/<category>/<defect>/``.
 
@@ -1095,13 +1119,18 @@ def fit(
         out (`str | Path`): the runs root.
         defects (`Sequence[str]`, *optional*): defect types to train; all by default.
         prior_dir (`str | Path`, *optional*): ``anogen prior`` output; required when ``config.adapter.bcm``.
-        resume (`bool`, defaults to False): continue every adapter from its latest checkpoint; finished adapters
-            are left alone. Without it, a folder that already holds a fit is an error.
+        resume (`bool`, defaults to False): continue every adapter's recorded run from its latest checkpoint to
+            its recorded target; finished adapters are left alone. Without it, a folder that already holds a fit
+            is an error.
         parallel (`str`, defaults to `"auto"`): how several processes share the work (module docstring).
         progress (`ProgressCallback`, *optional*): ``fit <category>/<defect>`` events with ``loss`` and ``eta_s``.
         accelerator (`Accelerator`, *optional*): one to reuse; by default one is made from ``config.train``.
         backbone (`Backbone`, *optional*): an already loaded backbone (it is moved to the device and gets the dual
             processors during the fit; both are undone afterwards).
+        retarget (`bool`, defaults to False): with ``resume``, train to ``config.train.steps`` even where a
+            recorded run aimed at another number of steps (see :func:`plan_fit`).
+        on_plan (`Callable`, *optional*): called with the :class:`FitPlan` once it is checked, before the backbone
+            is loaded (the CLI announces changed targets with it).
 
     Returns:
         `list[FitResult]`: one per defect type, in plan order (every process returns the whole list).
@@ -1122,7 +1151,10 @@ def fit(
         parallel=parallel,
         num_processes=world,
         device=device.type,
+        retarget=retarget,
     )
+    if on_plan is not None:
+        on_plan(plan)
     own_backbone = backbone is None
     backbone = backbone or _load_backbone(config)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.train.mixed_precision, torch.float32)
@@ -1138,7 +1170,7 @@ def fit(
         for item in plan.defects:
             mine = plan.parallel == "data" or item.process == rank
             if item.complete:
-                results.append(FitResult(category.name, item.defect, item.folder, config.train.steps, None, "complete"))
+                results.append(FitResult(category.name, item.defect, item.folder, item.steps, None, "complete"))
                 continue
             if not mine:
                 results.append(FitResult(category.name, item.defect, item.folder, 0, None, "other-process"))
@@ -1166,6 +1198,9 @@ def _fit_one(
     from anogen.model.adapter import save_adapter
     from anogen.model.dual import DualAdapter, encode_prompts
 
+    if item.steps and item.steps != config.train.steps:
+        # A resume to the recorded target: the adapter record then states the steps actually trained to.
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=item.steps))
     train = config.train
     device = accelerator.device
     data_parallel = plan.parallel == "data" and accelerator.num_processes > 1
@@ -1256,7 +1291,8 @@ def _fit_one(
                 )
             if writer and train.checkpoint_every and step % train.checkpoint_every == 0:
                 scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-                save_checkpoint(item.folder, step, adapter, optimizer, key, train.checkpoints_keep, scaler_state)
+                save_checkpoint(item.folder, step, adapter, optimizer, key, train.checkpoints_keep, scaler_state,
+                                target_steps=train.steps)
             if writer and ((train.validate_every and step % train.validate_every == 0) or step == train.steps):
                 _write_validation(
                     backbone, adapter, config, cache, device, category.name, item.defect, item.folder, step
@@ -1269,7 +1305,8 @@ def _fit_one(
             if train.checkpoint_every and train.steps % train.checkpoint_every and train.steps > start:
                 # A last checkpoint lets a later run with more --steps resume where this one ended.
                 scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-                save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state)
+                save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state,
+                                target_steps=train.steps)
             record = _adapter_record(category, item.defect, config, backbone, item.split, plan.prior, train.steps)
             save_adapter(adapter, item.folder, record)
     finally:

@@ -444,3 +444,78 @@ def test_fast_rank_waits_for_the_slow_one(tmp_path):
     thread.join()
     assert time.monotonic() - start >= 0.25  # it did wait for ids 1 and 3
     assert todo == [4, 6, 8, 10] and 1 in rows  # released once id 1 was done: 4 <= first missing (3) + 2
+
+
+def test_progress_counts_are_the_manifests(runs, tmp_path):
+    """The last progress event says what the manifest and the summary say (issue 18.1): attempts of the last batch
+    past the count-th accepted one are cut from the manifest, so progress must not count them as rejected."""
+    events = []
+    probe = tmp_path / "probe"
+    synthesize(runs, probe, overrides={"sample": {"count": 8, "batch_size": 8, "max_attempts": 8}})
+    areas = {r["id"]: r["mask_area"] for r in read_rows(probe / "bottle" / "crack" / "manifest.jsonl")}
+    assert len(areas) == 8
+    # A mask-area limit that rejects some attempt after an accepted one, within the one batch of 8.
+    for limit in sorted({(a + b) / 2 for a in areas.values() for b in areas.values() if a < b}):
+        accepted = [i for i in sorted(areas) if 0 < areas[i] <= limit]
+        later_rejected = [i for i in sorted(areas) if accepted and i > accepted[0] and not 0 < areas[i] <= limit]
+        if later_rejected:
+            break
+    else:
+        pytest.skip("no mask-area limit rejects an attempt after an accepted one in these 8 attempts")
+    out = tmp_path / "out"
+    summary = synthesize(runs, out, overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
+                                               "mask": {"max_area_fraction": limit}}, progress=events.append)
+    rows = read_rows(out / "bottle" / "crack" / "manifest.jsonl")
+    in_manifest = sum(not r["accepted"] for r in rows)
+    assert [r["id"] for r in rows][-1] == accepted[0]  # the manifest ends at the first accepted attempt
+    last = [e for e in events if e.task == "synth bottle/crack"][-1]
+    assert (last.completed, last.total) == (1, 1)
+    assert last.info["rejected"] == in_manifest == sum(summary.defects[0].rejected.values())
+    assert summary.defects[0].attempts == len(rows)
+    # A rerun (nothing left to do) reports the same counts, from the manifest.
+    events.clear()
+    synthesize(runs, out, overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
+                                     "mask": {"max_area_fraction": limit}},
+               progress=events.append)
+    assert [(e.completed, e.info["rejected"]) for e in events] == [(1, in_manifest)]
+
+
+def test_progress_counts_with_two_ranks_are_the_merged_manifests(runs, tmp_path, monkeypatch):
+    """Issue 18.1 across processes: rank 0's last progress line is the merged manifest's counts, whatever rows the
+    other rank wrote after rank 0's last batch (two ranks as two threads sharing a barrier)."""
+    import threading
+
+    import anogen.model.backbone as backbone_module
+    from anogen.sample import Dist
+
+    # build_tiny seeds torch's global generator: two threads must not build at the same time.
+    lock, build = threading.Lock(), backbone_module.build_tiny
+
+    def build_one_at_a_time(*args, **kwargs):
+        with lock:
+            return build(*args, **kwargs)
+
+    monkeypatch.setattr(backbone_module, "build_tiny", build_one_at_a_time)
+    barrier = threading.Barrier(2, timeout=300)
+    events: list = []
+    overrides = {"sample": {"count": 3, "batch_size": 1}, "mask": {"threshold": 0.6}}
+    errors: list = []
+
+    def rank(r: int) -> None:
+        try:
+            synthesize(runs, tmp_path / "out", overrides=overrides, dist=Dist(rank=r, world=2, barrier=barrier.wait),
+                       device="cpu", progress=events.append if r == 0 else None)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    rows = read_rows(tmp_path / "out" / "bottle" / "crack" / "manifest.jsonl")
+    last = [e for e in events if e.task == "synth bottle/crack"][-1]
+    assert last.completed == sum(r["accepted"] for r in rows) == 3
+    assert last.info["rejected"] == sum(not r["accepted"] for r in rows)

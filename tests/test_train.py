@@ -180,6 +180,41 @@ def test_resume_continues_the_same_loss_sequence_and_bytes(category, tiny_backbo
     assert again.status == "complete"
 
 
+def test_resume_keeps_the_recorded_target_unless_retargeted(category, tiny_backbone, tmp_path):
+    """Issue 18.2: a resume continues the recorded run to its recorded target, whatever train.steps now says;
+    only ``retarget`` (the CLI's explicit --steps) changes it, and the plan says which target it changed."""
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(event):
+        if event.completed == 2:
+            raise Stop
+
+    interrupted = small_config(steps=4, checkpoint_every=1)
+    with pytest.raises(Stop):
+        fit(category, interrupted, tmp_path / "runs", backbone=tiny_backbone, progress=stop_at_2)
+    other_steps = small_config(steps=3, checkpoint_every=1)  # e.g. the preset's steps, not the recorded run's
+    [item] = plan_fit(category, other_steps, tmp_path / "runs", resume=True).defects
+    assert (item.resume_from, item.steps, item.recorded_steps) == (2, 4, None)
+    [resumed] = fit(category, other_steps, tmp_path / "runs", backbone=tiny_backbone, resume=True)
+    folder = tmp_path / "runs" / "widget" / "stain"
+    record = json.loads((folder / "adapter.json").read_text())
+    assert resumed.steps_done == 4 and record["steps_done"] == 4 and record["config"]["train"]["steps"] == 4
+    before = (folder / "adapter.safetensors").read_bytes()
+    # Finished: a resume with other train.steps leaves it alone ...
+    [again] = fit(category, small_config(steps=9, checkpoint_every=1), tmp_path / "runs", backbone=tiny_backbone,
+                  resume=True)
+    assert again.status == "complete" and again.steps_done == 4
+    assert (folder / "adapter.safetensors").read_bytes() == before
+    # ... and an explicit new target continues it, saying which recorded target it changed.
+    longer = small_config(steps=6, checkpoint_every=1)
+    [item] = plan_fit(category, longer, tmp_path / "runs", resume=True, retarget=True).defects
+    assert (item.resume_from, item.steps, item.recorded_steps) == (4, 6, 4)
+    [more] = fit(category, longer, tmp_path / "runs", backbone=tiny_backbone, resume=True, retarget=True)
+    assert more.status == "resumed" and json.loads((folder / "adapter.json").read_text())["steps_done"] == 6
+
+
 def test_resume_refuses_another_config(category, tiny_backbone, tmp_path):
     fit(category, small_config(steps=2, checkpoint_every=1), tmp_path / "r", backbone=tiny_backbone)
     with pytest.raises(CompatibilityError, match=r"learning_rate = 0\.001 there, 0\.01 now"):
@@ -339,13 +374,15 @@ def test_resume_edges(category, tiny_backbone, tmp_path):
                                       "train": {"resolution": SIZE, "steps": 2, "learning_rate": 1e-3,
                                                 "checkpoint_every": 0, "validate_every": 0}})
         plan_fit(category, bigger, tmp_path / "n", resume=True)
+    # more steps asked explicitly (--steps, i.e. retarget) need a checkpoint to continue from
+    assert plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True).defects[0].complete
     with pytest.raises(CompatibilityError, match="no checkpoint to continue it from"):
-        plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True)
+        plan_fit(category, small_config(steps=5), tmp_path / "n", resume=True, retarget=True)
     # a checkpoint beyond --steps
     fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone)
     (tmp_path / "p" / "widget" / "stain" / "adapter.json").unlink()
     with pytest.raises(InputError, match="already past --steps 2"):
-        plan_fit(category, small_config(steps=2, checkpoint_every=3), tmp_path / "p", resume=True)
+        plan_fit(category, small_config(steps=2, checkpoint_every=3), tmp_path / "p", resume=True, retarget=True)
     # interrupted between the last checkpoint and the adapter: --resume writes the adapter from it
     [done] = fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone,
                  resume=True)

@@ -92,6 +92,9 @@ def eval_command(
     plan = plan_eval(cat, read_synth(synth, category=cat.name))
     summary = plan.summary()
     if dry_run:
+        from anogen.eval.protocol import resolve_device
+
+        resolve_device(config.device)  # the real run's device check, before anything is trained
         out.emit_json({"dry_run": True, "plan": summary, "config": config.__dict__})
         out.result(_plan_text(summary, config))
         return

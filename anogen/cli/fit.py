@@ -56,6 +56,14 @@ def _mib(value: int | None) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
 
 
+def _eta(seconds: float | None, basis: str) -> str:
+    if seconds is None:
+        return "unknown (backbone configs not local)"
+    from anogen.cli.synth import duration
+
+    return f"{duration(seconds)} ({basis})"
+
+
 def fit_command(
     data: Annotated[Path, typer.Argument(help="A category folder, or a dataset root with --category.")],
     category: CategoryOpt = None,
@@ -75,7 +83,10 @@ def fit_command(
         Path | None,
         typer.Option("--prior", help="Output of `anogen prior` (BCM backgrounds; default: OUT/_prior, built once)."),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Optimiser steps per adapter.")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="Optimiser steps per adapter (with --resume: a new target for recorded runs)."),
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="AdamW learning rate.")] = None,
     rank: Annotated[int | None, typer.Option("--rank", help="LoRA rank per branch.")] = None,
     batch_size: Annotated[
@@ -109,7 +120,12 @@ def fit_command(
         "runs"
     ),
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue each adapter from its latest checkpoint.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue each adapter's recorded run, from its latest checkpoint, to its recorded number of steps "
+            "(--steps changes that target).",
+        ),
     ] = False,
     dry_run: DryRunOpt = False,
     json_output: JsonOpt = False,
@@ -117,7 +133,7 @@ def fit_command(
 ) -> None:
     """Train one adapter per defect type: the whole image and its defect alone on grey, learnt together."""
     from anogen import train
-    from anogen.config import preset_for, resolve
+    from anogen.config import preset_for, preset_line, resolve
     from anogen.data import read_category
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
@@ -146,7 +162,10 @@ def fit_command(
     resolved = resolve(preset_name, config, overrides)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
-        out_.info(f"preset {preset_name}{'' if resolved.validated else ' (values not yet validated on real data)'}")
+        out_.info(escape(preset_line(resolved)))
+    resolved, notice = _resolution_for_backbone(resolved, config, resolution_given=resolution is not None)
+    if notice and main_process:
+        out_.warn(escape(notice))
     auto = _auto_prior(out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process)
     if auto is not None and auto.status != "planned":
         prior = auto.prior_dir
@@ -155,19 +174,28 @@ def fit_command(
         "prior_dir": prior,
         "resume": resume,
         "parallel": parallel,
+        # An explicit --steps is the only thing that moves a resumed run's recorded target.
+        "retarget": resume and steps is not None,
     }
+
+    def announce(plan: Any) -> None:
+        if main_process:
+            for line in _target_lines(plan, retarget=kwargs["retarget"]):
+                (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
+
     if dry_run:
         if auto is not None and auto.status == "planned":
             plan = _plan_before_prior(train, cat, resolved, out, auto.prior_dir, kwargs)
         else:
             plan = train.plan_fit(cat, resolved, out, **kwargs)
+        announce(plan)
         if not main_process:
             return
         out_.emit_json({"dry_run": True, "preset": preset_name, "plan": plan.to_dict()})
         _print_plan(out_, plan)
         return
     with out_.progress() as display:
-        results = train.fit(cat, resolved, out, progress=display, **kwargs)
+        results = train.fit(cat, resolved, out, progress=display, on_plan=announce, **kwargs)
     if not main_process:
         return
     out_.emit_json(
@@ -210,17 +238,61 @@ def _plan_before_prior(train: Any, cat: Any, resolved: Any, out: Path, prior_dir
     return dataclasses.replace(plan, bcm=True, prior=prior_dir, trainable_parameters=None)
 
 
+def _resolution_for_backbone(
+    resolved: Any, config_file: Path | None, *, resolution_given: bool
+) -> tuple[Any, str | None]:
+    """The resolution of the backbone actually used, unless the user chose one (``follow_native_resolution``)."""
+    from anogen.config import read_yaml_mapping, resolve
+    from anogen.model.spec import describe_backbone, follow_native_resolution
+
+    if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
+        resolution_given = True
+    preset_backbone = resolve(resolved.preset).backbone.id if resolved.preset else None
+    if resolution_given or resolved.backbone.id == preset_backbone:
+        return resolved, None  # nothing to decide; the backbone is described (and checked) by the plan
+    described = describe_backbone(
+        resolved.backbone.id, cache_dir=resolved.backbone.cache_dir, revision=resolved.backbone.revision
+    )
+    return follow_native_resolution(
+        resolved, described, preset_backbone=preset_backbone, resolution_given=resolution_given
+    )
+
+
+def _target_lines(plan: Any, *, retarget: bool) -> list[str]:
+    """One line on resumed targets: where --steps changes a recorded one, or where the recorded one is kept."""
+    if retarget:
+        changed = [f"{d.defect} {d.recorded_steps} -> {d.steps}" for d in plan.defects if d.recorded_steps is not None]
+        if not changed:
+            return []
+        return [
+            f"--steps {plan.steps} changes the recorded target ({', '.join(changed)} steps): training continues, "
+            "and synth outputs made from the earlier adapters will be reported as stale"
+        ]
+    kept = sorted({d.steps for d in plan.defects if d.resume_from is not None and not d.complete})
+    if kept and kept != [plan.steps]:
+        targets = ", ".join(str(t) for t in kept)
+        return [f"continuing the recorded run to its target of {targets} steps (--steps N to change the target)"]
+    return []
+
+
 def _print_plan(out: Any, plan: Any) -> None:
+    if plan.native_resolution is None:
+        native = "native size unknown: backbone configs not local"
+    elif plan.native_resolution == plan.resolution:
+        native = "the backbone's native size"
+    else:
+        native = f"the backbone's native size is {plan.native_resolution} px"
     out.result(
         f"[bold]{escape(plan.category)}[/bold]: {len(plan.defects)} adapter(s), {plan.steps} steps each, "
         f"batch {plan.batch_size} x accumulation {plan.gradient_accumulation} "
-        f"(effective {plan.effective_batch}), {plan.resolution} px, backbone {escape(plan.backbone)}"
+        f"(effective {plan.effective_batch}), {plan.resolution} px ({native}), backbone {escape(plan.backbone)}"
     )
     trainable = f"{plan.trainable_parameters:,}" if plan.trainable_parameters is not None else "unknown"
     out.result(
         f"trainable parameters per adapter: {trainable}; device {plan.device}, precision {plan.mixed_precision}"
         f"{', gradient checkpointing' if plan.gradient_checkpointing else ''}; "
-        f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}"
+        f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}; "
+        f"estimated time: {_eta(plan.estimated_seconds, plan.estimate_basis)}"
     )
     out.result(
         f"processes: {plan.num_processes} ({plan.parallel}); BCM {'on' if plan.bcm else 'off'}"
@@ -228,7 +300,12 @@ def _print_plan(out: Any, plan: Any) -> None:
     )
     table = Table("defect type", "train", "held out", "process", "state", "folder")
     for item in plan.defects:
-        state = "complete" if item.complete else (f"resume from {item.resume_from}" if item.resume_from else "new")
+        if item.complete:
+            state = f"complete ({item.steps} steps)"
+        elif item.resume_from:
+            state = f"resume {item.resume_from} -> {item.steps}"
+        else:
+            state = "new"
         table.add_row(
             escape(item.defect),
             str(len(item.split.train)),

@@ -52,7 +52,15 @@ def parse_threshold(value: str | None) -> float | str | None:
 
 def synth_command(
     runs: Annotated[Path, typer.Argument(help="Fit output: the root, a category folder or a defect folder.")],
-    count: Annotated[int | None, typer.Option("--count", "-n", help="Accepted samples per defect type.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            "-n",
+            help="Accepted samples per defect type (default: sample.count recorded in each adapter from its fit "
+            "preset: 1000 for mvtec/, visa/ and generic/ presets, 16 for toy/; --preset or --config override it).",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output root: OUT/<category>/<defect>/.")] = Path("synth"),
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="(whole, part) pairs per batch.")] = None,
     seed: SeedOpt = None,
@@ -102,6 +110,7 @@ def synth_command(
         sample_cfg, mask_cfg = resolved.sample, resolved.mask
     if dry_run:
         jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides)
+        sample_lib.check_backbones(jobs)  # what the real run checks before it loads weights
         entries = sample_lib.plan(jobs)
         if main_process:
             _print_plan(out_, entries)
@@ -133,17 +142,17 @@ def _print_plan(out: Any, entries: list[dict[str, Any]]) -> None:
             str(e["count"]),
             f"{e['to_generate']} (max {e['max_attempts']})",
             f"{e['sampler']} x{e['steps']}, g {e['guidance']}",
-            f"{_duration(e['estimated_s'])} ({e['estimate_basis']})",
+            f"{duration(e['estimated_s'])} ({e['estimate_basis']})",
             f"{e['estimated_disk_mb']:.1f} MB",
             escape(e["out"]),
         )
     out.table(table)
     total_s = sum(e["estimated_s"] for e in entries)
     total_mb = sum(e["estimated_disk_mb"] for e in entries)
-    out.result(f"total: about {_duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
+    out.result(f"total: about {duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -162,7 +171,7 @@ def _print_summary(out: Any, summary: Any) -> None:
             rejected,
             str(d.attempts),
             area,
-            _duration(d.elapsed_s),
+            duration(d.elapsed_s),
             f"{d.samples_per_s:.2f}",
         )
     out.table(table)

@@ -22,6 +22,16 @@ from anogen.io import natural_key
 from anogen.progress import ProgressCallback
 
 FORMATS = ("mvtec", "mvtec2", "visa", "folder", "toy")
+# What each layout holds, for the error when --format names a layout the folder does not have (docs/formats.md).
+LAYOUTS = {
+    "mvtec": "an MVTec AD category holds train/good/, test/<defect>/ and ground_truth/<defect>/; "
+    "a root holds one such folder per category",
+    "toy": "a toy category (anogen toy make) holds toy.json, train/good/, test/<defect>/ and ground_truth/<defect>/",
+    "mvtec2": "an MVTec AD 2 category holds train/, validation/ and test_public/; a root holds one per category",
+    "visa": "a VisA root holds split_csv/1cls.csv and one folder per object (candle/, pcb1/, ...); an object "
+    "folder holds Data/Images/Normal/, Data/Images/Anomaly/ and Data/Masks/Anomaly/",
+    "folder": "an own-layout category holds good/ and defects/<defect>/ (or an anogen-data.yaml); see docs/data.md",
+}
 
 
 def category_format(folder: Path) -> str | None:
@@ -169,7 +179,13 @@ def _category_folder(root: Path, category: str | None, fmt: str) -> Path:
         raise DataError(f"{root} holds no category {category!r}", hint=hint)
     if _is_category(root, fmt):
         return root
-    held = sorted(_categories_under(root), key=natural_key)
+    found = _categories_under(root)
+    if fmt != "auto":
+        # Only categories of the asked layout: a folder of another layout is no answer to --format.
+        found = {n: f for n, f in found.items() if f == fmt or {f, fmt} <= {"mvtec", "toy"}}
+        if not found:
+            raise DataError(f"{root} is neither a {fmt} category folder nor a {fmt} dataset root", hint=LAYOUTS[fmt])
+    held = sorted(found, key=natural_key)
     if held:
         raise DataError(
             f"{root} is a dataset root, not a category folder",

@@ -335,7 +335,9 @@ class _Data:
 # ------------------------------------------------------------------------------------------------- training
 
 
-def _resolve_device(name: str) -> Any:
+def resolve_device(name: str) -> Any:
+    """The torch device for ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); an InputError when there is
+    no such device here. ``eval --dry-run`` calls it too, so it stops where the real run would."""
     import torch
 
     if name == "auto":
@@ -403,7 +405,7 @@ def train_segnet(
 
     from anogen.eval.segnet import build_segnet, focal_loss
 
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     model = build_segnet(derive_seed(config.seed, "eval", "init"), width=config.width).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     # One batch stream per method, but the same initial weights for all: the comparison is about the data.
@@ -487,7 +489,7 @@ def run_eval(
     defect image AUROC and pixel AP, the training set sizes and how the weights were selected.
     """
     config.validate()
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     size = config.resolution
     started = time.monotonic()
     normals_all = np.stack([_load_image(p, size) for p in plan.train_normals])

@@ -20,6 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from anogen.errors import BackboneError
 from anogen.io import sha256_file
+from anogen.model.spec import (
+    COMPONENTS,
+    TOY_DIR,
+    WEIGHT_COMPONENTS,
+    describe_backbone,
+    hub_offline,
+    not_cached_error,
+)
+from anogen.model.spec import check_folder as _check_folder
 
 if TYPE_CHECKING:
     import torch
@@ -28,9 +37,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
-TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
+# COMPONENTS, WEIGHT_COMPONENTS and TOY_DIR live in anogen.model.spec (no torch) and are re-exported here.
+__all__ = [
+    "COMPONENTS", "TOY_DIR", "WEIGHT_COMPONENTS", "Backbone", "build_tiny", "folder_hash", "load_backbone",
+    "load_folder", "make_scheduler", "module_hash", "save_backbone", "tiny_configs",
+]
 # Files of a hub snapshot that loading needs; .bin/.ckpt/.pt pickles are never fetched nor read.
 HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "tokenizer/*", "scheduler/*"]
 
@@ -236,39 +247,26 @@ def load_backbone(
         seed (`int`, defaults to 0): seed of ``tiny``.
         device, dtype: where to put the weights.
     """
-    if spec == "tiny":
+    # One description for the dry run and the real run: both stop on the same error before any weight is read.
+    description = describe_backbone(spec, cache_dir=cache_dir, revision=revision)
+    if description.kind == "tiny":
         backbone = build_tiny(seed)
-    elif spec == "toy":
-        if not (TOY_DIR / "model_index.json").is_file():
-            raise BackboneError(
-                f"the toy backbone is missing from this installation ({TOY_DIR})",
-                hint="reinstall anogen, or retrain it with `python -m anogen.toy.pretrain` (see docs/toy.md)",
-            )
-        backbone = load_folder(TOY_DIR, source="toy")
-    elif Path(spec).expanduser().exists():
-        backbone = load_folder(Path(spec).expanduser(), source=str(spec))
-    elif _looks_like_hub_id(spec):
+    elif description.kind == "hub":
         folder = _snapshot(spec, cache_dir=cache_dir, revision=revision)
         backbone = load_folder(folder, source=spec)
     else:
-        raise BackboneError(
-            f"backbone {spec!r} is neither tiny, toy, an existing folder nor a hub id (org/name)"
-        )
+        assert description.folder is not None
+        backbone = load_folder(description.folder, source=str(spec))
     if device is not None or dtype is not None:
         backbone.to(device=device, dtype=dtype)
     return backbone
-
-
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
 
 
 def _snapshot(repo_id: str, *, cache_dir: str | None, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     try:
         path = snapshot_download(
             repo_id,
@@ -278,11 +276,7 @@ def _snapshot(repo_id: str, *, cache_dir: str | None, revision: str | None) -> P
             local_files_only=offline,
         )
     except LocalEntryNotFoundError as exc:
-        raise BackboneError(
-            f"backbone {repo_id!r} is not in the local cache and the hub cannot be reached",
-            hint="download it once where the network is open (huggingface-cli download "
-            f"{repo_id}) and set HF_HUB_OFFLINE=1, or pass --backbone /path/to/local/folder",
-        ) from exc
+        raise not_cached_error(repo_id) from exc
     except RepositoryNotFoundError as exc:
         raise BackboneError(f"no model {repo_id!r} on the hub (or it is private)") from exc
     except (HfHubHTTPError, OSError) as exc:
@@ -291,32 +285,6 @@ def _snapshot(repo_id: str, *, cache_dir: str | None, revision: str | None) -> P
             hint="work offline with a local diffusers folder: --backbone /path/to/folder",
         ) from exc
     return Path(path)
-
-
-def _check_folder(folder: Path) -> None:
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
-    if missing:
-        raise BackboneError(
-            f"{folder} is not an SD-1.x diffusers folder: missing {', '.join(missing)}",
-            hint="a backbone folder needs unet/, vae/, text_encoder/, tokenizer/ and scheduler/",
-        )
-    for component in WEIGHT_COMPONENTS:
-        if not list((folder / component).glob("*.safetensors")):
-            raise BackboneError(
-                f"{folder / component} holds no .safetensors weights (pickled .bin/.ckpt files are never loaded)",
-                hint="convert the weights to safetensors first",
-            )
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    if unet_config.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
-        raise BackboneError(
-            f"{folder}: unet is a {unet_config.get('_class_name')}, anogen needs a UNet2DConditionModel (SD-1.x)"
-        )
-    te_config = json.loads((folder / "text_encoder" / "config.json").read_text())
-    if unet_config.get("cross_attention_dim") != te_config.get("hidden_size"):
-        raise BackboneError(
-            f"{folder}: the UNet's cross_attention_dim ({unet_config.get('cross_attention_dim')}) differs from the "
-            f"text encoder's hidden_size ({te_config.get('hidden_size')}); this is not an SD-1.x layout"
-        )
 
 
 @contextlib.contextmanager

@@ -211,3 +211,31 @@ def test_own_category_without_preset_or_prior_builds_its_prior_once(tmp_path):
     assert "reusing the prior in" in " ".join(second.stderr.split())
     assert _tree(prior) == before  # not rebuilt: every file untouched, same bytes and mtimes
     assert json.loads((runs / "widget" / "stain" / "adapter.json").read_text())["prior"] == str(runs / "_prior")
+
+
+def test_resume_without_steps_keeps_the_adapter_and_synth_names_a_stale_output(data, tmp_path):
+    """Issue 18.2 through the CLI: --resume without --steps leaves a finished fit alone (even when the config says
+    more steps); --steps continues it with a one-line notice; synth then calls its earlier output stale."""
+    base = [a for a in BASE if a != "--quiet"]
+    args = ["fit", data, *base, "--defect", "stain", "--checkpoint-every", "1", "--out", tmp_path / "runs"]
+    assert invoke(args).exit_code == 0
+    folder = tmp_path / "runs" / "widget" / "stain"
+    before = (folder / "adapter.safetensors").read_bytes()
+    config = tmp_path / "more.yaml"
+    config.write_text("train: {steps: 3}\n")  # a config that asks for more steps than the recorded run
+    no_steps = [a for i, a in enumerate(args) if a != "--steps" and (i == 0 or args[i - 1] != "--steps")]
+    result = invoke([*no_steps, "--resume", "--config", config, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["status"] == "complete"
+    assert (folder / "adapter.safetensors").read_bytes() == before
+    synth = ["synth", tmp_path / "runs", "--out", tmp_path / "synth", "--count", "1", "--max-attempts", "1",
+             "--steps", "2", "--quiet"]
+    assert invoke(synth).exit_code in (0, 1)  # 1: the tiny model's one attempt may be rejected; the folder exists
+    result = invoke([*no_steps, "--resume", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if "recorded target" in line]
+    assert len(notices) == 1 and "stain 2 -> 3" in notices[0], result.stderr
+    assert json.loads((folder / "adapter.json").read_text())["steps_done"] == 3
+    text = _one_line_error(invoke(synth))
+    assert "stale" in text and "earlier version" in text and "(2 steps; it now has 3)" in text, text
+    assert "new --out" in text and "regenerate" in text, text

@@ -194,3 +194,16 @@ def test_split_falls_back_to_the_adapter_record(tmp_path: Path, toy_tree: Path) 
     assert synth.split_train == ("001",)
     plan = plan_eval(read_category(toy_tree), [synth])
     assert [s.stem for s in plan.shots] == ["001"]
+
+
+def test_dry_run_checks_the_device_like_the_real_run(toy_tree: Path, synth_tree: Path) -> None:
+    """Issue 18.3: ``eval --dry-run`` stops on a device the real run cannot use, with the real run's error."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    base = ["eval", "--data", str(toy_tree), "--synth", str(synth_tree), "--device", "cuda", "--steps", "1"]
+    dry, real = CliRunner().invoke(app, [*base, "--dry-run"]), CliRunner().invoke(app, base)
+    assert dry.exit_code == real.exit_code == 2, (dry.output, real.output)
+    errors = [[line for line in r.stderr.splitlines() if line.startswith("error:")] for r in (dry, real)]
+    assert errors[0] == errors[1] and "no CUDA device" in errors[0][0]

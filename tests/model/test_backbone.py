@@ -138,8 +138,11 @@ def test_unknown_hub_id_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_not_a_backbone_spec(tmp_path: Path) -> None:
-    with pytest.raises(BackboneError, match="neither tiny, toy, an existing folder nor a hub id"):
+    with pytest.raises(BackboneError, match=r"backbone folder \./no/such/folder/here does not exist"):
         load_backbone("./no/such/folder/here")
+    with pytest.raises(BackboneError, match="neither tiny, toy, an existing folder nor a hub id") as info:
+        load_backbone("toyy")
+    assert info.value.hint == "did you mean toy?"
 
 
 def test_properties_come_from_configs_not_sd15(tmp_path: Path) -> None:
