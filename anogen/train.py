@@ -71,7 +71,7 @@ VALIDATION_PAIRS = 2
 VALIDATION_SAMPLER_STEPS = 12
 # Fields of the train config that may change between a checkpoint and the run that resumes it: they decide
 # when to stop, save or validate, not what a step computes.
-RESUMABLE_TRAIN_FIELDS = ("steps", "checkpoint_every", "checkpoints_keep", "validate_every")
+RESUMABLE_TRAIN_FIELDS = ("steps", "checkpoint_every", "checkpoints_keep", "validate_every", "save_dtype")
 # Activation memory per UNet row, in units of (latent pixels x the channel sum below x bytes per element);
 # calibrated so that SD-1.5 at 512 px, fp16, one row, no checkpointing, comes to ~3 GB (docs/fit.md).
 ACTIVATION_FACTOR = 200.0
@@ -1238,6 +1238,9 @@ def _fit_one(
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and world > 1:
                         _all_reduce_grads(params, world)
+                    if accelerator.sync_gradients and train.max_grad_norm is not None:
+                        # after the all-reduce, so every process clips the same averaged gradient
+                        accelerator.clip_grad_norm_(params, train.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.detach() / train.gradient_accumulation
@@ -1271,7 +1274,7 @@ def _fit_one(
                 scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
                 save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state)
             record = _adapter_record(category, item.defect, config, backbone, item.split, plan.prior, train.steps)
-            save_adapter(adapter, item.folder, record)
+            save_adapter(adapter, item.folder, record, dtype=train.save_dtype)
     finally:
         backbone.unet.eval()
         adapter.uninstall(backbone.unet)

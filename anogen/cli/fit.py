@@ -23,6 +23,7 @@ from anogen.cli._common import (
     JsonOpt,
     PresetOpt,
     QuietOpt,
+    RecipeOpt,
     SeedOpt,
     epilog,
     make_output,
@@ -34,6 +35,7 @@ EPILOG = epilog(
     "anogen fit /data/mvtec --category bottle --defect crack --prior priors --out runs",
     "anogen fit /data/mvtec/bottle --dry-run --mixed-precision bf16 --gradient-checkpointing",
     "anogen fit /data/mvtec/bottle --prior priors --resume",
+    "anogen fit /data/mvtec --category bottle --prior priors --recipe fast",
     "accelerate launch --num_processes 4 -m anogen fit /data/mvtec/bottle --prior priors --parallel defects",
 )
 
@@ -62,6 +64,7 @@ def fit_command(
     defect: DefectOpt = None,
     dataset_format: FormatOpt = "auto",
     preset: PresetOpt = None,
+    recipe: RecipeOpt = None,
     config: ConfigOpt = None,
     backbone: BackboneOpt = None,
     coupling: Annotated[
@@ -141,10 +144,14 @@ def fit_command(
             "seed": seed,
         },
     }
-    resolved = resolve(preset_name, config, overrides)
+    resolved = resolve(preset_name, config, overrides, recipe=recipe)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
-        out_.info(f"preset {preset_name}{'' if resolved.validated else ' (values not yet validated on real data)'}")
+        recipe_note = f", recipe {resolved.recipe}" if resolved.recipe else ""
+        out_.info(
+            f"preset {preset_name}{recipe_note}"
+            f"{'' if resolved.validated else ' (values not yet validated on real data)'}"
+        )
     kwargs: dict[str, Any] = {
         "defects": defect or None,
         "prior_dir": prior,
