@@ -125,11 +125,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def render(data: dict[str, Any]) -> str:
     """The markdown report of a run (also what docs/benchmarks-gpu.md holds after a full run)."""
     m = data.get("machine", {})
+    kind = "smoke run (tiny backbone, CPU): not a measurement" if data.get("smoke") else (
+        "SD-1.5 architecture, random weights")
     lines = [
         "# GPU benchmark (`python -m bench.gpu`)",
         "",
         f"Device: **{m.get('device')}**; torch {m.get('torch')}, diffusers {m.get('diffusers')}; "
-        f"{'smoke run (tiny backbone, CPU): not a measurement' if data.get('smoke') else 'SD-1.5 architecture, random weights'}, "
+        f"{kind}, "
         f"{data.get('resolution')} px; budget {data.get('budget_s')} s, took {data.get('elapsed_s')} s"
         f"{'' if data.get('complete') else ' (cut short: partial results)'}; dependencies: {data.get('deps')}.",
         "",
