@@ -54,6 +54,7 @@ from anogen.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from anogen.memory import ACTIVATION_FACTOR, CHECKPOINTING_FACTOR  # noqa: F401  (re-exported)
 from anogen.progress import ProgressCallback, report
 from anogen.seeding import derive_seed
 
@@ -72,10 +73,6 @@ VALIDATION_SAMPLER_STEPS = 12
 # Fields of the train config that may change between a checkpoint and the run that resumes it: they decide
 # when to stop, save or validate, not what a step computes.
 RESUMABLE_TRAIN_FIELDS = ("steps", "checkpoint_every", "checkpoints_keep", "validate_every", "save_dtype")
-# Activation memory per UNet row, in units of (latent pixels x the channel sum below x bytes per element);
-# calibrated so that SD-1.5 at 512 px, fp16, one row, no checkpointing, comes to ~3 GB (docs/fit.md).
-ACTIVATION_FACTOR = 200.0
-CHECKPOINTING_FACTOR = 0.3
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -165,6 +162,8 @@ class FitPlan:
     trainable_parameters: int | None
     backbone_parameters: int | None
     estimated_peak_bytes: int | None
+    # weights, adapter_and_optimizer, activations, overhead, total (bytes) and smallest_gpu_gib (anogen.memory)
+    estimated_peak_parts: dict[str, Any] | None = None
 
     @property
     def effective_batch(self) -> int:
@@ -193,6 +192,7 @@ class FitPlan:
             "trainable_parameters": self.trainable_parameters,
             "backbone_parameters": self.backbone_parameters,
             "estimated_peak_bytes": self.estimated_peak_bytes,
+            "estimated_peak_parts": self.estimated_peak_parts,
         }
 
 
@@ -343,25 +343,15 @@ def estimate_peak_bytes(
     gradient_checkpointing: bool,
     bcm: bool,
 ) -> int:
-    """Estimated peak memory of one training process, in bytes (formula in docs/fit.md).
+    """Estimated peak memory of one training process, in bytes: :func:`anogen.memory.estimate_peak`'s total
+    (weights + adapter and optimizer state + activations + 10 % overhead; formula in docs/fit.md)."""
+    from anogen.memory import estimate_peak
 
-    weights (frozen x 2 or 4 bytes) + adapter (trainable x 16 bytes: fp32 weight, gradient, two AdamW moments)
-    + activations (ACTIVATION_FACTOR x bytes x rows x latent pixels x sum_i ch_i (layers_per_block + 1) / 4^i),
-    x 0.3 with gradient checkpointing; rows = 2 per pair, 3 with BCM's reference pass; + 10 % overhead.
-    """
-    half = mixed_precision in ("fp16", "bf16")
-    weight_bytes = frozen * (2 if half else 4)
-    adapter_bytes = trainable * 16
-    latent = resolution // vae_scale_factor
-    channels = unet_config.get("block_out_channels", (320, 640, 1280, 1280))
-    layers = unet_config.get("layers_per_block", 2)
-    layers = layers if isinstance(layers, int) else max(layers)
-    channel_sum = sum(c * (layers + 1) / 4**i for i, c in enumerate(channels))
-    rows = batch_size * (3 if bcm else 2)
-    activations = ACTIVATION_FACTOR * (2 if half else 4) * rows * latent * latent * channel_sum
-    if gradient_checkpointing:
-        activations *= CHECKPOINTING_FACTOR
-    return int(1.1 * (weight_bytes + adapter_bytes + activations))
+    return estimate_peak(
+        unet_config, trainable=trainable, frozen=frozen, resolution=resolution, vae_scale_factor=vae_scale_factor,
+        batch_size=batch_size, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+        bcm=bcm,
+    ).total
 
 
 def _resume_key(config: ResolvedConfig, backbone_hash: str | None, split: Split, data_world: int) -> dict[str, Any]:
@@ -546,10 +536,13 @@ def plan_fit(
         process = index % world if mode == "defects" else 0
         plans.append(DefectPlan(name, folder, split, process, resume_from, complete))
     trainable = frozen = peak = None
+    parts: dict[str, Any] | None = None
     if configs is not None:
+        from anogen.memory import estimate_peak
+
         trainable, frozen = _count_parameters(configs, config)
         vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (1,))) - 1)
-        peak = estimate_peak_bytes(
+        estimate = estimate_peak(
             configs["unet"],
             trainable=trainable or 0,
             frozen=frozen,
@@ -560,6 +553,7 @@ def plan_fit(
             gradient_checkpointing=config.train.gradient_checkpointing,
             bcm=bcm,
         )
+        peak, parts = estimate.total, estimate.to_dict()
     return FitPlan(
         category=category.name,
         out=Path(out),
@@ -579,6 +573,7 @@ def plan_fit(
         trainable_parameters=trainable,
         backbone_parameters=frozen,
         estimated_peak_bytes=peak,
+        estimated_peak_parts=parts,
     )
 
 

@@ -193,6 +193,15 @@ def _print_plan(out: Any, plan: Any) -> None:
         f"{', gradient checkpointing' if plan.gradient_checkpointing else ''}; "
         f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}"
     )
+    parts = plan.estimated_peak_parts
+    if parts:
+        gpu = parts.get("smallest_gpu_gib")
+        out.result(
+            f"  by part: weights {_mib(parts['weights'])}, adapter + optimizer state "
+            f"{_mib(parts['adapter_and_optimizer'])}, activations {_mib(parts['activations'])}, "
+            f"overhead {_mib(parts['overhead'])}; "
+            + (f"smallest GPU it fits on: {gpu} GB" if gpu else "larger than any single common GPU")
+        )
     out.result(
         f"processes: {plan.num_processes} ({plan.parallel}); BCM {'on' if plan.bcm else 'off'}"
         f"{f' (prior {escape(str(plan.prior))})' if plan.prior else ''}"
