@@ -2,7 +2,8 @@
 64 px so that the latents are 8 x 8) with the reference recipe's adapter (full-width SAIM, BCM, text-encoder LoRA):
 outputs finite, the noise prediction within 2e-2 relative error of fp32, the loss after 3 fit steps within 5 %.
 
-Slow (about 3 minutes on 2 CPU cores): ``.venv/bin/python -m pytest -m slow tests/test_bf16_sd_shape.py``.
+Slow (12 minutes on this project's shared 2-core machine at load average 9; the fit part dominates):
+``OMP_NUM_THREADS=1 .venv/bin/python -m pytest -m slow tests/test_bf16_sd_shape.py``.
 """
 
 from __future__ import annotations
