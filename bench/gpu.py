@@ -67,7 +67,11 @@ def ensure_dependencies(wheels: Path | None) -> str:
             f"bench.gpu: missing {', '.join(missing)} and no wheels in {wheels}; on a connected machine run "
             "`bash scripts/gpu_wheels.sh wheels` and copy wheels/ here"
         )
+    import atexit
+    import shutil
+
     site = Path(tempfile.mkdtemp(prefix="anogen-bench-site-"))
+    atexit.register(shutil.rmtree, site, ignore_errors=True)
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", str(site),
            *map(str, sorted(wheels.glob("*.whl")))]
     subprocess.run(cmd, check=True)
