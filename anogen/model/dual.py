@@ -805,6 +805,10 @@ def _text_encoder_with_lora(text_encoder: CLIPTextModel, rank: int, generator: t
     with torch.no_grad():
         for module in clone.modules():
             if isinstance(module, LoraLayer) and _TE_ADAPTER_NAME in module.lora_A:
+                # peft creates the LoRA in the base layer's dtype; a half-precision backbone (mixed-precision fit)
+                # would then train it in fp16 (GradScaler refuses to unscale fp16 gradients) or bf16: keep fp32
+                module.lora_A[_TE_ADAPTER_NAME].float()
+                module.lora_B[_TE_ADAPTER_NAME].float()
                 down = module.lora_A[_TE_ADAPTER_NAME].weight
                 down.copy_(torch.empty(down.shape).normal_(0.0, 1.0 / rank, generator=generator))
                 module.lora_B[_TE_ADAPTER_NAME].weight.zero_()

@@ -173,3 +173,18 @@ def test_fp16_adapter_file_is_half_the_size_and_samples_within_tolerance(backbon
     assert diff <= FP16_PIXEL_TOLERANCE, diff
     with pytest.raises(ValueError, match="dtype"):
         save_adapter(adapter, tmp_path / "bf", RECORD, dtype="int8")
+
+
+def test_text_encoder_lora_stays_fp32_on_a_half_precision_backbone():
+    """A mixed-precision fit casts the backbone first; the adapter (text-encoder LoRA included) must stay fp32:
+    GradScaler cannot unscale fp16 gradients, and bf16 weights would lose the small updates."""
+    half = build_tiny(seed=0)
+    for dtype in (torch.float16, torch.bfloat16):
+        half.text_encoder.to(dtype)
+        half.unet.to(dtype)
+        adapter = DualAdapter.from_backbone(half, AdapterConfig(rank=2, text_encoder_lora=True), seed=0)
+        assert {p.dtype for p in adapter.parameters()} == {torch.float32}, dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 backbone, as a bf16 fit runs it
+        emb = encode_prompts(half, [WHOLE, PART], adapter)
+    emb.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.text_encoder_lora.parameters())
