@@ -253,6 +253,12 @@ def _check_train_config(config: ResolvedConfig, device: str) -> None:
         raise InputError(f"train.learning_rate must be positive (got {train.learning_rate})")
     if config.adapter.rank < 1:
         raise InputError(f"adapter.rank must be at least 1 (got {config.adapter.rank})")
+    if train.max_grad_norm is not None and not train.max_grad_norm > 0:
+        raise InputError(f"train.max_grad_norm must be positive, or null for no clipping (got {train.max_grad_norm})")
+    for name in ("saim_width", "bcm_width"):
+        width = getattr(config.adapter, name)
+        if width is not None and width < 1:
+            raise InputError(f"adapter.{name} must be at least 1, or null for the module's width (got {width})")
     if train.mixed_precision == "fp16" and not device.startswith("cuda"):
         raise InputError(
             f"--mixed-precision fp16 needs a CUDA GPU (this run is on {device})",

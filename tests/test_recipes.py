@@ -160,3 +160,12 @@ def test_fit_cli_recipe_reaches_the_config(tmp_path: Path, monkeypatch: pytest.M
     assert "recipe fast" in result.output
     bad = CliRunner().invoke(app, ["fit", str(data), "--preset", "toy/object", "--recipe", "fast"])
     assert bad.exit_code == 2 and "follows no recipe" in bad.output
+    # storage precision and clipping are one flag away; --max-grad-norm 0 switches the preset's clipping off
+    for flag, expected in (("0", None), ("0.5", 0.5)):
+        result = CliRunner().invoke(app, ["fit", str(data), "--bcm", "off", "--save-dtype", "fp32",
+                                          "--max-grad-norm", flag, "--out", str(tmp_path / "runs")])
+        assert result.exit_code == 0, result.output
+        assert seen["config"].train.save_dtype == "fp32" and seen["config"].train.max_grad_norm == expected
+    assert resolve("generic/object").train.max_grad_norm == 1.0
+    bad = CliRunner().invoke(app, ["fit", str(data), "--save-dtype", "int8"])
+    assert bad.exit_code == 2 and "--save-dtype" in bad.output

@@ -96,6 +96,12 @@ def fit_command(
     gradient_accumulation: Annotated[
         int | None, typer.Option("--gradient-accumulation", help="Micro-batches per optimiser step.")
     ] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option("--max-grad-norm", help="Clip the gradient to this L2 norm (0: no clipping).")
+    ] = None,
+    save_dtype: Annotated[
+        str | None, typer.Option("--save-dtype", help="fp16 | fp32: precision of adapter.safetensors.")
+    ] = None,
     checkpoint_every: Annotated[
         int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: none).")
     ] = None,
@@ -125,6 +131,10 @@ def fit_command(
     if parallel not in ("auto", "defects", "data"):
         raise InputError(f"--parallel takes auto, defects or data (got {parallel!r})")
     bcm_value = _on_off(bcm, "--bcm")
+    if save_dtype is not None and save_dtype not in ("fp16", "fp32"):
+        raise InputError(f"--save-dtype takes fp16 or fp32 (got {save_dtype!r})")
+    if max_grad_norm is not None and max_grad_norm < 0:
+        raise InputError(f"--max-grad-norm must be >= 0 (got {max_grad_norm})")
     cat = read_category(data, category=category, dataset_format=dataset_format)
     preset_name = preset or preset_for(cat.dataset_format, cat.name, cat.kind)
     overrides: dict[str, dict[str, Any]] = {
@@ -139,12 +149,21 @@ def fit_command(
             "mixed_precision": mixed_precision,
             "gradient_checkpointing": gradient_checkpointing,
             "gradient_accumulation": gradient_accumulation,
+            "save_dtype": save_dtype,
             "checkpoint_every": checkpoint_every,
             "validate_every": validate_every,
             "seed": seed,
         },
     }
-    resolved = resolve(preset_name, config, overrides, recipe=recipe)
+    if max_grad_norm == 0:
+        # 0 means "no clipping"; None would fall through to the preset's value
+        from dataclasses import replace
+
+        resolved = resolve(preset_name, config, overrides, recipe=recipe)
+        resolved = replace(resolved, train=replace(resolved.train, max_grad_norm=None))
+    else:
+        overrides["train"]["max_grad_norm"] = max_grad_norm
+        resolved = resolve(preset_name, config, overrides, recipe=recipe)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         recipe_note = f", recipe {resolved.recipe}" if resolved.recipe else ""
