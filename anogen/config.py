@@ -64,10 +64,16 @@ class AdapterConfig:
         alpha (`float`, *optional*): LoRA alpha; ``None`` means alpha = rank (scale 1).
         coupling (`str`, defaults to `"saim"`): ``saim`` couples the branches after every attention
             module; ``none`` trains two independent LoRAs (an ablation).
-        saim_width (`int`, *optional*): bottleneck width of SAIM; ``None`` is the attention module's width.
+        saim_width (`int`, *optional*): bottleneck width of SAIM; ``None`` is the attention module's width
+            (full width, as the reference implementation).
+        saim_init (`str`, defaults to `"zero"`): ``zero`` initialises SAIM's output projection to zero, so a fresh
+            adapter reproduces the base model; ``default`` uses PyTorch's default initialisation for it too, as
+            the reference implementation does (SAIM acts from step 0).
         text_encoder_lora (`bool`, defaults to False): a LoRA on the text encoder shared by both branches.
         text_encoder_rank (`int`, defaults to 8): its rank.
         bcm (`bool`, defaults to False): background compensation (object categories only).
+        bcm_width (`int`, *optional*): hidden width of BCM's mixing MLP (Linear C->H -> Linear H->C, no
+            activation); ``None`` is C. The reference implementation uses 320.
         prompt_whole (`str`): prompt of branch 0, the whole anomalous image.
         prompt_part (`str`): prompt of branch 1, the anomaly part alone on grey.
     """
@@ -76,9 +82,11 @@ class AdapterConfig:
     alpha: float | None = None
     coupling: Literal["saim", "none"] = "saim"
     saim_width: int | None = None
+    saim_init: Literal["zero", "default"] = "zero"
     text_encoder_lora: bool = False
     text_encoder_rank: int = 8
     bcm: bool = False
+    bcm_width: int | None = None
     prompt_whole: str = "a vfx with sks"
     prompt_part: str = "sks"
 
@@ -93,6 +101,8 @@ class TrainConfig:
         learning_rate (`float`, defaults to 1e-4): AdamW learning rate.
         batch_size (`int`, defaults to 1): (whole, part) pairs per step and process.
         gradient_accumulation (`int`, defaults to 1): micro-batches per optimiser step.
+        max_grad_norm (`float`, *optional*): clip the adapter's gradient to this global L2 norm before each
+            optimiser step; ``None`` does not clip. The reference implementation clips at 1.0.
         mixed_precision (`str`, defaults to `"no"`): ``no``, ``fp16`` (GPU) or ``bf16``.
         gradient_checkpointing (`bool`, defaults to False): trade compute for memory in the UNet.
         flips (`tuple[str, ...]`): augmentations allowed for this category, applied to image and mask alike.
@@ -100,6 +110,8 @@ class TrainConfig:
         checkpoint_every (`int`, defaults to 250): steps between resumable checkpoints (0: never).
         checkpoints_keep (`int`, defaults to 2): checkpoints kept on disk.
         validate_every (`int`, defaults to 250): steps between validation grids (0: only at the end).
+        save_dtype (`str`, defaults to `"fp32"`): precision of the weights in ``adapter.safetensors``; ``fp16``
+            halves the file (checkpoints stay fp32, so resuming is exact). The SD-1.x presets store fp16.
         seed (`int`, defaults to 0): seed of every random choice of training.
     """
 
@@ -108,6 +120,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     batch_size: int = 1
     gradient_accumulation: int = 1
+    max_grad_norm: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     flips: tuple[Flip, ...] = ("horizontal", "vertical")
@@ -115,6 +128,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     checkpoints_keep: int = 2
     validate_every: int = 250
+    save_dtype: Literal["fp32", "fp16"] = "fp32"
     seed: int = 0
 
 
@@ -132,6 +146,14 @@ class SampleConfig:
         count (`int`, defaults to 1000): accepted samples per defect type.
         max_attempts (`int`, *optional*): stop after this many attempts; ``None`` is 4 x count.
         mixed_precision (`str`, defaults to `"no"`): ``fp16``/``bf16`` for GPU sampling.
+        bcm_uncond_reference (`str`, defaults to `"background"`): what BCM's reference pass sees for the
+            unconditional half of classifier-free guidance: the same real ``background`` as the conditional half,
+            or a ``grey`` image (the reference implementation), so that guidance also pushes towards the
+            background. No effect without BCM or with guidance <= 1.
+        bcm_reference_every (`int`, defaults to 1): with BCM, attempts ``i`` with the same ``i // every`` share a
+            background (the reference implementation: 50, screw 10); 1 changes it at every attempt.
+        bcm_reference_pool (`str`, defaults to `"all"`): which training normals' backgrounds are used: ``all``,
+            or ``first_third`` (the first floor(N/3) in natural order, at least one; the reference implementation).
         seed (`int`, defaults to 0): global seed; attempt i's seed derives from it.
     """
 
@@ -143,6 +165,9 @@ class SampleConfig:
     count: int = 1000
     max_attempts: int | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    bcm_uncond_reference: Literal["background", "grey"] = "background"
+    bcm_reference_every: int = 1
+    bcm_reference_pool: Literal["all", "first_third"] = "all"
     seed: int = 0
 
 
@@ -181,8 +206,11 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "mask": MaskConfig,
 }
-META_KEYS = ("extends", "description", "validated")
+META_KEYS = ("extends", "description", "validated", "recipe")
 COMMAND_LINE = "command-line options"  # the source name of overrides in error messages
+# Named recipes (docs/presets.md). A preset that says `recipe: reference` holds the reference implementation's
+# recipe; another recipe is an overlay file `presets/_recipes/<name>.yaml` applied on top of it.
+RECIPES = ("reference", "fast")
 
 
 @dataclass(frozen=True)
@@ -197,6 +225,7 @@ class ResolvedConfig:
     preset: str | None = None
     validated: bool = False
     config_file: str | None = None
+    recipe: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
@@ -363,24 +392,52 @@ def _build_section(cls: type, values: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def recipe_overlay(name: str) -> dict[str, Any]:
+    """The sections recipe ``name`` sets over a preset that follows the reference recipe (empty for
+    ``reference``)."""
+    if name not in RECIPES:
+        raise PresetError(f"unknown recipe {name!r}", hint=f"choose one of: {', '.join(RECIPES)}")
+    if name == "reference":
+        return {}
+    raw = load_preset_raw(f"_recipes/{name}")
+    return {k: v for k, v in raw.items() if k not in META_KEYS}
+
+
 def resolve(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    recipe: str | None = None,
 ) -> ResolvedConfig:
-    """Apply defaults < preset < config file < overrides and build every section's config object.
+    """Apply defaults < preset < recipe < config file < overrides and build every section's config object.
 
     Args:
         preset (`str`, *optional*): a shipped preset name such as ``mvtec/bottle``.
+        recipe (`str`, *optional*): ``reference`` or ``fast`` (docs/presets.md); only for presets that follow a
+            recipe (every SD-1.x preset); ``None`` keeps the preset's own (``reference``).
         config_file (`str | Path`, *optional*): a YAML file with the same sections as a preset.
         overrides (`Mapping`, *optional*): ``{section: {field: value}}``; ``None`` values are ignored so
             that unset CLI flags fall through to the layers below.
     """
     merged: dict[str, Any] = {}
     validated = False
+    own_recipe = None
     if preset:
         merged = load_preset_raw(preset)
         validated = bool(merged.get("validated", False))
+        own_recipe = merged.get("recipe")
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise PresetError(f"unknown recipe {recipe!r}", hint=f"choose one of: {', '.join(RECIPES)}")
+        if own_recipe is None:
+            raise PresetError(
+                f"preset {preset!r} follows no recipe, so --recipe {recipe} cannot apply to it"
+                if preset
+                else f"--recipe {recipe} needs a preset that follows a recipe",
+                hint="recipes apply to the SD-1.x presets (mvtec/*, visa/*, generic/*)",
+            )
+        merged = merge_sections(merged, recipe_overlay(recipe))
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -398,6 +455,7 @@ def resolve(
         preset=preset,
         validated=validated,
         config_file=str(config_file) if config_file is not None else None,
+        recipe=recipe or own_recipe,
     )
 
 
@@ -451,6 +509,8 @@ def preset_line(config: ResolvedConfig) -> str:
     presets are validated by their own measurements on the toy world (docs/synth.md) and get no notice.
     """
     name = config.preset or "none (defaults)"
+    if config.recipe:
+        name += f", recipe {config.recipe}"
     if config.preset and not config.validated:
         return f"preset {name} (values not yet validated on real data)"
     return f"preset {name}"

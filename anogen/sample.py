@@ -70,7 +70,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Sample settings that change the pixels of an attempt: a rerun into an existing output must keep them.
-GENERATION_FIELDS = ("sampler", "steps", "guidance", "negative_prompt", "mixed_precision", "seed")
+GENERATION_FIELDS = (
+    "sampler", "steps", "guidance", "negative_prompt", "mixed_precision", "seed",
+    "bcm_uncond_reference", "bcm_reference_every", "bcm_reference_pool",
+)  # fmt: skip
 REMASK_MARKER = ".remask-pending.json"
 # Samplers that add fresh noise at every step (the rest are deterministic given the initial noise).
 STOCHASTIC_SAMPLERS = frozenset({"ddpm", "sde-dpmsolver++"})
@@ -125,6 +128,7 @@ def sample_pairs(
     *,
     ids: Sequence[int] | None = None,
     background_latents: torch.Tensor | None = None,
+    grey_latent: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     output_type: str = "uint8",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -139,15 +143,19 @@ def sample_pairs(
             sampler's per-step noise from :func:`step_noise_generator`.
         sample_config (`SampleConfig`): sampler, steps, guidance, negative prompt, mixed precision.
         ids (`Sequence[int]`, *optional*): attempt ids (default ``0..P-1``); pair k's BCM reference is background
-            ``ids[k] % len(background_latents)``.
+            ``(ids[k] // sample_config.bcm_reference_every) % len(background_latents)``.
         background_latents (`torch.Tensor` of shape `(R, C, h, w)`, *optional*): clean latents of the reference
             backgrounds; required iff the adapter has BCM (see :func:`encode_backgrounds`).
+        grey_latent (`torch.Tensor` of shape `(1, C, h, w)`, *optional*): the grey image's latent for
+            ``sample_config.bcm_uncond_reference == "grey"`` (computed here when not given; see
+            :func:`anogen.bcm_sampling.encode_grey`).
         device (*optional*): defaults to the UNet's device.
         output_type (`str`, defaults to `"uint8"`): ``"uint8"`` or ``"float"`` (values in [0, 1]).
 
     Returns:
         `(images, parts)`: each (P, H, W, 3), uint8 (or float32), H = W = ``backbone.resolution``.
     """
+    from anogen.bcm_sampling import encode_grey, noised_references, reference_index
     from anogen.model.dual import dual_forward, encode_prompts
 
     pairs = len(seeds)
@@ -183,10 +191,15 @@ def sample_pairs(
 
         refs = None
         alphas = None
+        grey = None
         if bcm:
             assert background_latents is not None
             bg = background_latents.to(device=device, dtype=torch.float32)
-            refs = bg[torch.tensor([i % len(bg) for i in ids], device=device)]
+            every = sample_config.bcm_reference_every
+            refs = bg[torch.tensor([reference_index(i, len(bg), every) for i in ids], device=device)]
+            if guided and sample_config.bcm_uncond_reference == "grey":
+                grey = grey_latent if grey_latent is not None else encode_grey(backbone, device=device)
+                grey = grey.to(device=device, dtype=torch.float32)
             # The reference pass sees a background noised as in training (DDPM forward process), whatever sampler.
             alphas = backbone.make_scheduler(None).alphas_cumprod.to(device=device, dtype=torch.float32)
 
@@ -203,10 +216,7 @@ def sample_pairs(
                 if refs is not None and alphas is not None:
                     step_noise = torch.stack([torch.randn(refs.shape[1:], generator=g) for g in generators]).to(device)
                     index = int(min(max(round(float(t)), 0), len(alphas) - 1))
-                    a = alphas[index]
-                    background = a.sqrt() * refs + (1 - a).sqrt() * step_noise
-                    if guided:
-                        background = torch.cat([background, background])
+                    background = noised_references(refs, step_noise, alphas[index], guided=guided, grey=grey)
                 eps = dual_forward(unet, adapter, model_in, t, states, background_latents=background).float()
                 if guided:
                     uncond, cond = eps.chunk(2)
@@ -257,11 +267,31 @@ class References:
     backgrounds: list[np.ndarray]
     object_masks: list[np.ndarray | None]
     folder: Path | None
+    every: int = 1  # a new reference every `every` attempts (SampleConfig.bcm_reference_every)
+
+    def index(self, sample_id: int) -> int:
+        """The reference attempt ``sample_id`` uses (its background and object mask)."""
+        from anogen.bcm_sampling import reference_index
+
+        return reference_index(sample_id, len(self.stems), self.every)
 
     def object_mask(self, sample_id: int) -> np.ndarray | None:
         if not self.object_masks:
             return None
-        return self.object_masks[sample_id % len(self.object_masks)]
+        return self.object_masks[self.index(sample_id)]
+
+    def scheduled(self, sample: SampleConfig) -> References:
+        """These references cut to ``sample.bcm_reference_pool`` and changed every ``bcm_reference_every``."""
+        from anogen.bcm_sampling import pool_size
+
+        n = pool_size(len(self.stems), sample.bcm_reference_pool)
+        return References(
+            self.stems[:n],
+            self.backgrounds[:n],
+            self.object_masks[:n],
+            self.folder,
+            every=sample.bcm_reference_every,
+        )
 
 
 def load_references(record: Mapping[str, Any], *, need_backgrounds: bool, need_objects: bool) -> References:
@@ -379,11 +409,24 @@ def _configs_for(
     sample: SampleConfig | None,
     mask: MaskConfig | None,
     overrides: Mapping[str, Mapping[str, Any]] | None,
+    recipe: str | None = None,
 ) -> tuple[SampleConfig, MaskConfig]:
-    """Effective configs: the given ones, else the adapter's recorded ones (its fit preset); overrides win."""
+    """Effective configs: the given ones, else the adapter's recorded ones (its fit preset, or that preset under
+    ``recipe``); overrides win."""
     recorded = record.get("config") or {}
     base: dict[str, Any] = {}
-    base["sample"] = dataclasses.asdict(sample) if sample is not None else dict(recorded.get("sample") or {})
+    if sample is not None:
+        base["sample"] = dataclasses.asdict(sample)
+    elif recipe is not None:
+        preset = record.get("preset") or recorded.get("preset")
+        if not preset:
+            raise InputError(
+                f"--recipe {recipe}: adapter {record.get('category')}/{record.get('defect')} records no fit preset",
+                hint="pass --preset with the preset it was fitted with",
+            )
+        base["sample"] = dataclasses.asdict(resolve(str(preset), recipe=recipe).sample)
+    else:
+        base["sample"] = dict(recorded.get("sample") or {})
     base["mask"] = dataclasses.asdict(mask) if mask is not None else dict(recorded.get("mask") or {})
     for section in ("sample", "mask"):
         base[section] = {k: v for k, v in base[section].items() if k in _field_names(section)}
@@ -464,6 +507,8 @@ def _check_sample_numbers(sample: SampleConfig) -> None:
             raise InputError(f"{flag} must be at least 1 (got {getattr(sample, name)})")
     if sample.max_attempts is not None and sample.max_attempts < 1:
         raise InputError(f"--max-attempts must be at least 1 (got {sample.max_attempts})")
+    if sample.bcm_reference_every < 1:
+        raise InputError(f"bcm_reference_every must be >= 1 (got {sample.bcm_reference_every})")
 
 
 def prepare_jobs(
@@ -473,6 +518,7 @@ def prepare_jobs(
     mask: MaskConfig | None = None,
     *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    recipe: str | None = None,
 ) -> list[Job]:
     """Find the adapters below ``runs``, build each one's configs and check resuming is safe (no model load)."""
     from anogen.model.adapter import adapter_sha256, read_adapter_record
@@ -484,7 +530,7 @@ def prepare_jobs(
         record = read_adapter_record(folder)
         category = str(record.get("category") or folder.parent.name)
         defect = str(record.get("defect") or folder.name)
-        sample_cfg, mask_cfg = _configs_for(record, sample, mask, overrides)
+        sample_cfg, mask_cfg = _configs_for(record, sample, mask, overrides, recipe)
         _check_sample_numbers(sample_cfg)
         out_dir = Path(out) / safe_name(category) / safe_name(defect)
         if out_dir in seen:
@@ -712,7 +758,7 @@ def _write_attempt(
     save_png_atomic(job.out_dir / "mask" / f"{name}.png", result.mask)
     extra: dict[str, Any] = {}
     if refs.stems:
-        extra["reference"] = refs.stems[sample_id % len(refs.stems)]
+        extra["reference"] = refs.stems[refs.index(sample_id)]
     row = make_row(
         sample_id,
         seed=seed,
@@ -778,6 +824,8 @@ def _synth_job(
 
     bcm = bool(job.record.get("has_bcm", (job.record.get("adapter_config") or {}).get("bcm", False)))
     refs = load_references(job.record, need_backgrounds=bcm, need_objects=job.mask.on_object_only)
+    if bcm:
+        refs = refs.scheduled(job.sample)
     folder.mkdir(parents=True, exist_ok=True)
     if dist.rank == 0:
         run = _run_json(job, refs, dist)
@@ -790,9 +838,13 @@ def _synth_job(
         return 0, time.monotonic() - start, None
     backbone = _load_backbone_for(job.record, backbone_cache, device)
     adapter, _ = load_adapter(job.adapter_dir, backbone, device=device)
-    background_latents = None
+    background_latents = grey_latent = None
     if adapter.config.bcm:
         background_latents = encode_backgrounds(backbone, refs.backgrounds, device=device)
+        if job.sample.bcm_uncond_reference == "grey" and job.sample.guidance > 1.0:
+            from anogen.bcm_sampling import encode_grey
+
+            grey_latent = encode_grey(backbone, device=device)
     for sub in SUBDIRS:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     generated = 0
@@ -808,7 +860,7 @@ def _synth_job(
             seeds = [derive_seed(job.sample.seed, job.category, job.defect, i) for i in batch]
             images, parts = sample_pairs(
                 backbone, adapter, job.record, seeds, job.sample,
-                ids=batch, background_latents=background_latents, device=device,
+                ids=batch, background_latents=background_latents, grey_latent=grey_latent, device=device,
             )
             for k, sample_id in enumerate(batch):
                 rows[sample_id] = _write_attempt(job, sample_id, seeds[k], images[k], parts[k], refs, log_path)
@@ -832,6 +884,7 @@ def synthesize(
     mask: MaskConfig | None = None,
     *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    recipe: str | None = None,
     progress: ProgressCallback | None = None,
     device: str | torch.device | None = None,
     dist: Dist | None = None,
@@ -846,6 +899,8 @@ def synthesize(
             resuming, the output folder's own, e.g. after ``anogen mask``).
         overrides (`Mapping`, *optional*): ``{"sample": {...}, "mask": {...}}`` applied on top (CLI flags);
             ``None`` values are ignored.
+        recipe (`str`, *optional*): ``reference`` or ``fast``: with ``sample`` ``None``, each adapter's sample
+            settings come from its fit preset under this recipe instead of its recorded ones.
         progress (`ProgressCallback`, *optional*): receives accepted / count with rejected and samples/s.
         device (*optional*): defaults to the launcher's device, else CUDA when available, else CPU.
         dist (`Dist`, *optional*): defaults to :func:`current_dist` (environment of the launcher).
@@ -859,7 +914,7 @@ def synthesize(
             adapter made for another backbone; raised before anything is generated.
     """
     start = time.monotonic()
-    jobs = prepare_jobs(Path(runs), Path(out), sample, mask, overrides=overrides)
+    jobs = prepare_jobs(Path(runs), Path(out), sample, mask, overrides=overrides, recipe=recipe)
     dist = dist or current_dist()
     if device is None:
         device = dist.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -960,6 +1015,11 @@ def remask(
         refs = References([], [], [], None)
         if cfg.on_object_only:
             refs = load_references(run, need_backgrounds=False, need_objects=True)
+            if any("reference" in row for row in rows):
+                # a BCM run: each attempt's object mask is that of the background it was sampled with
+                known = _field_names("sample")
+                recorded = {k: v for k, v in (run.get("sample") or {}).items() if k in known}
+                refs = refs.scheduled(resolve(overrides={"sample": recorded}).sample)
         marker = folder / REMASK_MARKER
         write_json_atomic(marker, {"mask": dataclasses.asdict(cfg)})
         before = len(result_rows(rows, run.get("count")))

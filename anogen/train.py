@@ -56,6 +56,7 @@ from anogen.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from anogen.memory import ACTIVATION_FACTOR, CHECKPOINTING_FACTOR  # noqa: F401  (re-exported)
 from anogen.model.spec import describe_backbone
 from anogen.progress import ProgressCallback, report
 from anogen.seeding import derive_seed
@@ -74,11 +75,7 @@ VALIDATION_PAIRS = 2
 VALIDATION_SAMPLER_STEPS = 12
 # Fields of the train config that may change between a checkpoint and the run that resumes it: they decide
 # when to stop, save or validate, not what a step computes.
-RESUMABLE_TRAIN_FIELDS = ("steps", "checkpoint_every", "checkpoints_keep", "validate_every")
-# Activation memory per UNet row, in units of (latent pixels x the channel sum below x bytes per element);
-# calibrated so that SD-1.5 at 512 px, fp16, one row, no checkpointing, comes to ~3 GB (docs/fit.md).
-ACTIVATION_FACTOR = 200.0
-CHECKPOINTING_FACTOR = 0.3
+RESUMABLE_TRAIN_FIELDS = ("steps", "checkpoint_every", "checkpoints_keep", "validate_every", "save_dtype")
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -177,6 +174,8 @@ class FitPlan:
     native_resolution: int | None = None
     estimated_seconds: float | None = None
     estimate_basis: str = "unknown"
+    # weights, adapter_and_optimizer, activations, overhead, total (bytes) and smallest_gpu_gib (anogen.memory)
+    estimated_peak_parts: dict[str, Any] | None = None
 
     @property
     def effective_batch(self) -> int:
@@ -208,6 +207,7 @@ class FitPlan:
             "native_resolution": self.native_resolution,
             "estimated_seconds": self.estimated_seconds,
             "estimate_basis": self.estimate_basis,
+            "estimated_peak_parts": self.estimated_peak_parts,
         }
 
 
@@ -268,6 +268,12 @@ def _check_train_config(config: ResolvedConfig, device: str) -> None:
         raise InputError(f"train.learning_rate must be positive (got {train.learning_rate})")
     if config.adapter.rank < 1:
         raise InputError(f"adapter.rank must be at least 1 (got {config.adapter.rank})")
+    if train.max_grad_norm is not None and not train.max_grad_norm > 0:
+        raise InputError(f"train.max_grad_norm must be positive, or null for no clipping (got {train.max_grad_norm})")
+    for name in ("saim_width", "bcm_width"):
+        width = getattr(config.adapter, name)
+        if width is not None and width < 1:
+            raise InputError(f"adapter.{name} must be at least 1, or null for the module's width (got {width})")
     if train.mixed_precision == "fp16" and not device.startswith("cuda"):
         raise InputError(
             f"--mixed-precision fp16 needs a CUDA GPU (this run is on {device})",
@@ -320,25 +326,15 @@ def estimate_peak_bytes(
     gradient_checkpointing: bool,
     bcm: bool,
 ) -> int:
-    """Estimated peak memory of one training process, in bytes (formula in docs/fit.md).
+    """Estimated peak memory of one training process, in bytes: :func:`anogen.memory.estimate_peak`'s total
+    (weights + adapter and optimizer state + activations + 10 % overhead; formula in docs/fit.md)."""
+    from anogen.memory import estimate_peak
 
-    weights (frozen x 2 or 4 bytes) + adapter (trainable x 16 bytes: fp32 weight, gradient, two AdamW moments)
-    + activations (ACTIVATION_FACTOR x bytes x rows x latent pixels x sum_i ch_i (layers_per_block + 1) / 4^i),
-    x 0.3 with gradient checkpointing; rows = 2 per pair, 3 with BCM's reference pass; + 10 % overhead.
-    """
-    half = mixed_precision in ("fp16", "bf16")
-    weight_bytes = frozen * (2 if half else 4)
-    adapter_bytes = trainable * 16
-    latent = resolution // vae_scale_factor
-    channels = unet_config.get("block_out_channels", (320, 640, 1280, 1280))
-    layers = unet_config.get("layers_per_block", 2)
-    layers = layers if isinstance(layers, int) else max(layers)
-    channel_sum = sum(c * (layers + 1) / 4**i for i, c in enumerate(channels))
-    rows = batch_size * (3 if bcm else 2)
-    activations = ACTIVATION_FACTOR * (2 if half else 4) * rows * latent * latent * channel_sum
-    if gradient_checkpointing:
-        activations *= CHECKPOINTING_FACTOR
-    return int(1.1 * (weight_bytes + adapter_bytes + activations))
+    return estimate_peak(
+        unet_config, trainable=trainable, frozen=frozen, resolution=resolution, vae_scale_factor=vae_scale_factor,
+        batch_size=batch_size, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+        bcm=bcm,
+    ).total
 
 
 def _resume_key(config: ResolvedConfig, backbone_hash: str | None, split: Split, data_world: int) -> dict[str, Any]:
@@ -351,6 +347,27 @@ def _resume_key(config: ResolvedConfig, backbone_hash: str | None, split: Split,
         "split": split.to_dict()["train"],
         "data_parallel_processes": data_world,
     }
+
+
+def _with_new_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """An older run's key with the fields added since filled in with their defaults.
+
+    Every field added to ``adapter`` or ``train`` defaults to the behaviour from before it existed (e.g.
+    ``saim_init: zero``), so a fit made by an earlier anogen resumes instead of being refused for a key it could
+    not have written.
+    """
+    from dataclasses import asdict
+
+    from anogen.config import AdapterConfig, TrainConfig
+
+    filled = dict(old)
+    for section, defaults in (("adapter", asdict(AdapterConfig())), ("train", asdict(TrainConfig()))):
+        if isinstance(filled.get(section), dict):
+            missing = {k: v for k, v in to_jsonable(defaults).items() if k not in filled[section]}
+            if section == "train":
+                missing = {k: v for k, v in missing.items() if k not in RESUMABLE_TRAIN_FIELDS}
+            filled[section] = {**filled[section], **missing}
+    return filled
 
 
 def _diff_keys(old: Any, new: Any, prefix: str = "") -> str | None:
@@ -388,7 +405,7 @@ def _check_resume(checkpoint: Path, key: dict[str, Any], *, check_backbone_hash:
             f"{checkpoint}: checkpoint schema {state.get('schema_version')} is not {CHECKPOINT_SCHEMA_VERSION}",
             hint="start over in another --out folder",
         )
-    old = dict(state.get("resume_key", {}))
+    old = _with_new_defaults(dict(state.get("resume_key", {})))
     new = dict(key)
     if not check_backbone_hash:
         # The dry run has not loaded the backbone, so its hash is not known yet; fit checks it later.
@@ -418,7 +435,7 @@ def _check_record(adapter_json: Path, key: dict[str, Any]) -> int:
         raise CompatibilityError(f"{adapter_json}: not an adapter record this anogen can resume ({exc})") from exc
     new = {**key, "backbone": {k: key["backbone"][k] for k in ("id", "seed")}}
     new.pop("data_parallel_processes", None)
-    diff = _diff_keys(old, new)
+    diff = _diff_keys(_with_new_defaults(old), new)
     if diff:
         raise CompatibilityError(
             f"cannot resume {adapter_json.parent}: its adapter was made with another config or backbone ({diff})",
@@ -549,10 +566,13 @@ def plan_fit(
         plans.append(DefectPlan(name, folder, split, process, resume_from, complete, target, recorded))
     trainable = frozen = peak = seconds = None
     basis = "unknown"
+    parts: dict[str, Any] | None = None
     if configs is not None:
+        from anogen.memory import estimate_peak
+
         trainable, frozen = _count_parameters(configs, config)
         vae_factor = described.vae_scale_factor or 8
-        peak = estimate_peak_bytes(
+        estimate = estimate_peak(
             configs["unet"],
             trainable=trainable or 0,
             frozen=frozen,
@@ -563,6 +583,7 @@ def plan_fit(
             gradient_checkpointing=config.train.gradient_checkpointing,
             bcm=bcm,
         )
+        peak, parts = estimate.total, estimate.to_dict()
         steps_left = sum(0 if p.complete else p.steps - (p.resume_from or 0) for p in plans)
         seconds, basis = estimate_fit_seconds(
             configs["unet"],
@@ -595,6 +616,7 @@ def plan_fit(
         native_resolution=described.native_resolution,
         estimated_seconds=seconds,
         estimate_basis=basis,
+        estimated_peak_parts=parts,
     )
 
 
@@ -1273,6 +1295,9 @@ def _fit_one(
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and world > 1:
                         _all_reduce_grads(params, world)
+                    if accelerator.sync_gradients and train.max_grad_norm is not None:
+                        # after the all-reduce, so every process clips the same averaged gradient
+                        accelerator.clip_grad_norm_(params, train.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.detach() / train.gradient_accumulation
@@ -1308,7 +1333,7 @@ def _fit_one(
                 save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state,
                                 target_steps=train.steps)
             record = _adapter_record(category, item.defect, config, backbone, item.split, plan.prior, train.steps)
-            save_adapter(adapter, item.folder, record)
+            save_adapter(adapter, item.folder, record, dtype=train.save_dtype)
     finally:
         backbone.unet.eval()
         adapter.uninstall(backbone.unet)

@@ -47,7 +47,7 @@ def test_preset_loads_and_sets_every_required_value(name: str) -> None:
         for key in keys:
             # Set by the preset (or its base), not left to a dataclass default.
             assert key in (raw.get(section) or {}), f"{name} does not set {section}.{key}"
-    assert set(raw) <= {*SECTIONS, "description", "validated"}
+    assert set(raw) <= {*SECTIONS, "description", "validated", "recipe"}
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -387,3 +387,37 @@ def test_resume_edges(category, tiny_backbone, tmp_path):
     [done] = fit(category, small_config(steps=3, checkpoint_every=3), tmp_path / "p", backbone=tiny_backbone,
                  resume=True)
     assert done.status == "resumed" and (done.folder / "adapter.json").is_file()
+
+
+def test_a_checkpoint_from_before_the_recipe_fields_still_resumes(tmp_path):
+    """Fields added since 0.1 (saim_init, bcm_width, max_grad_norm) default to 0.1's behaviour, so a checkpoint
+    whose resume key lacks them resumes; one that differs in a field it did record is still refused."""
+    import copy
+    import json as json_
+
+    from anogen.config import resolve
+    from anogen.errors import CompatibilityError
+    from anogen.train import CHECKPOINT_SCHEMA_VERSION, RESUMABLE_TRAIN_FIELDS, _check_resume
+
+    config = resolve("toy/object").to_dict()
+    key = {
+        "adapter": config["adapter"],
+        "train": {k: v for k, v in config["train"].items() if k not in RESUMABLE_TRAIN_FIELDS},
+        "backbone": {"id": "toy", "seed": 0, "content_hash": "abc"},
+        "split": ["a", "b"],
+        "data_parallel_processes": 1,
+    }
+    old = copy.deepcopy(key)  # what 0.1 wrote: none of the fields added since
+    for name in ("saim_init", "bcm_width"):
+        old["adapter"].pop(name)
+    old["train"].pop("max_grad_norm")
+    checkpoint = tmp_path / "step-000010"
+    checkpoint.mkdir()
+    state = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "step": 10, "resume_key": old}
+    (checkpoint / "state.json").write_text(json_.dumps(state))
+    assert _check_resume(checkpoint, key, check_backbone_hash=True)["step"] == 10
+    for section, name, value in (("adapter", "rank", key["adapter"]["rank"] + 1), ("adapter", "saim_init", "default")):
+        changed = copy.deepcopy(key)
+        changed[section][name] = value  # a recorded field changed, or a new one set away from 0.1's behaviour
+        with pytest.raises(CompatibilityError, match=f"adapter.{name}"):
+            _check_resume(checkpoint, changed, check_backbone_hash=True)

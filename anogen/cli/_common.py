@@ -18,6 +18,14 @@ DryRunOpt = Annotated[
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Preset name, e.g. mvtec/bottle (see `anogen presets list`).")
 ]
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="reference | fast: recipe over an SD-1.x preset (default: the preset's own, reference). "
+        "See docs/presets.md.",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML file with preset sections; overrides the preset, flags override it."),

@@ -23,6 +23,7 @@ from anogen.cli._common import (
     JsonOpt,
     PresetOpt,
     QuietOpt,
+    RecipeOpt,
     SeedOpt,
     epilog,
     make_output,
@@ -34,6 +35,7 @@ EPILOG = epilog(
     "anogen fit /data/mvtec --category bottle --defect crack --prior priors --out runs",
     "anogen fit /data/mvtec/bottle --dry-run --mixed-precision bf16 --gradient-checkpointing",
     "anogen fit /data/mvtec/bottle --prior priors --resume",
+    "anogen fit /data/mvtec --category bottle --prior priors --recipe fast",
     "accelerate launch --num_processes 4 -m anogen fit /data/mvtec/bottle --prior priors --parallel defects",
 )
 
@@ -70,6 +72,7 @@ def fit_command(
     defect: DefectOpt = None,
     dataset_format: FormatOpt = "auto",
     preset: PresetOpt = None,
+    recipe: RecipeOpt = None,
     config: ConfigOpt = None,
     backbone: BackboneOpt = None,
     coupling: Annotated[
@@ -106,6 +109,12 @@ def fit_command(
     gradient_accumulation: Annotated[
         int | None, typer.Option("--gradient-accumulation", help="Micro-batches per optimiser step.")
     ] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option("--max-grad-norm", help="Clip the gradient to this L2 norm (0: no clipping).")
+    ] = None,
+    save_dtype: Annotated[
+        str | None, typer.Option("--save-dtype", help="fp16 | fp32: precision of adapter.safetensors.")
+    ] = None,
     checkpoint_every: Annotated[
         int | None, typer.Option("--checkpoint-every", help="Steps between checkpoints (0: none).")
     ] = None,
@@ -140,6 +149,10 @@ def fit_command(
     if parallel not in ("auto", "defects", "data"):
         raise InputError(f"--parallel takes auto, defects or data (got {parallel!r})")
     bcm_value = _on_off(bcm, "--bcm")
+    if save_dtype is not None and save_dtype not in ("fp16", "fp32"):
+        raise InputError(f"--save-dtype takes fp16 or fp32 (got {save_dtype!r})")
+    if max_grad_norm is not None and max_grad_norm < 0:
+        raise InputError(f"--max-grad-norm must be >= 0 (got {max_grad_norm})")
     cat = read_category(data, category=category, dataset_format=dataset_format)
     preset_name = preset or preset_for(cat.dataset_format, cat.name, cat.kind)
     overrides: dict[str, dict[str, Any]] = {
@@ -154,12 +167,21 @@ def fit_command(
             "mixed_precision": mixed_precision,
             "gradient_checkpointing": gradient_checkpointing,
             "gradient_accumulation": gradient_accumulation,
+            "save_dtype": save_dtype,
             "checkpoint_every": checkpoint_every,
             "validate_every": validate_every,
             "seed": seed,
         },
     }
-    resolved = resolve(preset_name, config, overrides)
+    if max_grad_norm == 0:
+        # 0 means "no clipping"; None would fall through to the preset's value
+        from dataclasses import replace
+
+        resolved = resolve(preset_name, config, overrides, recipe=recipe)
+        resolved = replace(resolved, train=replace(resolved.train, max_grad_norm=None))
+    else:
+        overrides["train"]["max_grad_norm"] = max_grad_norm
+        resolved = resolve(preset_name, config, overrides, recipe=recipe)
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         out_.info(escape(preset_line(resolved)))
@@ -294,6 +316,15 @@ def _print_plan(out: Any, plan: Any) -> None:
         f"estimated peak memory per process: {_mib(plan.estimated_peak_bytes)}; "
         f"estimated time: {_eta(plan.estimated_seconds, plan.estimate_basis)}"
     )
+    parts = plan.estimated_peak_parts
+    if parts:
+        gpu = parts.get("smallest_gpu_gib")
+        out.result(
+            f"  by part: weights {_mib(parts['weights'])}, adapter + optimizer state "
+            f"{_mib(parts['adapter_and_optimizer'])}, activations {_mib(parts['activations'])}, "
+            f"overhead {_mib(parts['overhead'])}; "
+            + (f"smallest GPU it fits on: {gpu} GB" if gpu else "larger than any single common GPU")
+        )
     out.result(
         f"processes: {plan.num_processes} ({plan.parallel}); BCM {'on' if plan.bcm else 'off'}"
         f"{f' (prior {escape(str(plan.prior))})' if plan.prior else ''}"

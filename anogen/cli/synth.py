@@ -15,13 +15,23 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from anogen.cli._common import ConfigOpt, DryRunOpt, JsonOpt, PresetOpt, QuietOpt, SeedOpt, epilog, make_output
+from anogen.cli._common import (
+    ConfigOpt,
+    DryRunOpt,
+    JsonOpt,
+    PresetOpt,
+    QuietOpt,
+    RecipeOpt,
+    SeedOpt,
+    epilog,
+    make_output,
+)
 from anogen.errors import InputError
 
 EPILOG = epilog(
     "anogen synth runs --count 200 --out synth",
     "anogen synth runs/bottle/crack --count 50 --out synth --batch-size 8 --seed 1",
-    "anogen synth runs --count 100 --out synth --sampler pndm --steps 100 --guidance 2.5   # the reference setting",
+    "anogen synth runs --count 100 --out synth --recipe fast   # 30 DPM-Solver++ steps instead of the reference's PNDM",
     "anogen synth runs --count 1000 --out synth --dry-run",
     "accelerate launch --num_processes 4 -m anogen synth runs --count 1000 --out synth",
 )
@@ -78,6 +88,7 @@ def synth_command(
     threshold: ThresholdOpt = None,
     on_object_only: OnObjectOpt = False,
     preset: PresetOpt = None,
+    recipe: RecipeOpt = None,
     config: ConfigOpt = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: auto).")] = None,
     dry_run: DryRunOpt = False,
@@ -106,10 +117,10 @@ def synth_command(
     }
     sample_cfg = mask_cfg = None
     if preset is not None or config is not None:
-        resolved = resolve(preset, config, overrides)
+        resolved = resolve(preset, config, overrides, recipe=recipe)
         sample_cfg, mask_cfg = resolved.sample, resolved.mask
     if dry_run:
-        jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides)
+        jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe)
         sample_lib.check_backbones(jobs)  # what the real run checks before it loads weights
         entries = sample_lib.plan(jobs)
         if main_process:
@@ -117,7 +128,7 @@ def synth_command(
         return
     with out_.progress() as display:
         summary = sample_lib.synthesize(
-            runs, out, sample_cfg, mask_cfg, overrides=overrides, progress=display, device=device
+            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, progress=display, device=device
         )
     if not main_process:
         return

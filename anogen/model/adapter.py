@@ -38,7 +38,10 @@ def _anogen_version() -> str:
     return __version__
 
 
-def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any]) -> None:
+SAVE_DTYPES = ("fp32", "fp16")
+
+
+def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any], *, dtype: str = "fp32") -> None:
     """Write ``folder/adapter.safetensors`` and ``folder/adapter.json``, each atomically (weights first).
 
     Args:
@@ -47,8 +50,14 @@ def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any
         record (`dict`): the fields of ``adapter.json`` the caller knows (category, defect, config, split,
             prompts, ...). ``schema_version``, ``anogen_version`` and ``adapter_config`` are filled in here;
             ``backbone`` ({``source``, ``content_hash``}) is taken from the record, else from the adapter.
+        dtype (`str`, defaults to `"fp32"`): ``fp16`` stores every weight in half precision (half the file;
+            loading casts back to fp32; docs/fit.md states what it changes in sampling).
     """
+    import torch
     from safetensors.torch import save
+
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"save_adapter: dtype must be one of {SAVE_DTYPES}, got {dtype!r}")
 
     folder = Path(folder)
     backbone = dict(record.get("backbone") or {})
@@ -68,9 +77,12 @@ def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any
         has_bcm=bool(adapter.config.bcm),
         num_parameters=adapter.num_trainable(),
     )
-    tensors = {k: v.to("cpu") for k, v in adapter.adapter_state_dict().items()}
+    store = torch.float16 if dtype == "fp16" else torch.float32
+    tensors = {k: v.to("cpu", store) for k, v in adapter.adapter_state_dict().items()}
+    full["weights_dtype"] = dtype
     metadata = {
         "format": FORMAT_NAME,
+        "weights_dtype": dtype,
         "schema_version": str(ADAPTER_SCHEMA_VERSION),
         "anogen_version": full["anogen_version"],
         "backbone_source": str(backbone.get("source")),

@@ -12,12 +12,15 @@ cross-attention ``attn2``). It computes the stock diffusers attention (``F.scale
 * a LoRA per branch on ``to_q``, ``to_k``, ``to_v`` and ``to_out[0]`` (down ~ N(0, 1/r) from a seeded generator,
   up = 0, scale alpha / r);
 * :class:`SAIM` after the module's output (LayerNorm -> Linear C->W -> single-head attention over the two branch
-  tokens of each spatial position -> Linear W->C, zero-initialised -> residual), unless ``coupling == "none"``;
+  tokens of each spatial position -> Linear W->C, zero-initialised unless ``saim_init == "default"`` -> residual),
+  unless ``coupling == "none"``;
 * :class:`BCM` on ``attn1`` when ``AdapterConfig.bcm``: a reference pass over the noised background latents
   (``DualState(mode="record")``: whole-branch LoRA on every row, no SAIM) stores each ``attn1`` input; in the
-  main pass branch 0's ``attn1`` reads keys/values from ``(1 - a) * h + a * MLP(h_ref)``.
+  main pass branch 0's ``attn1`` reads keys/values from ``(1 - a) * h + a * MLP(h_ref)`` (MLP: Linear C->H ->
+  Linear H->C, H = ``bcm_width`` or C).
 
-A fresh adapter (LoRA up-projections, SAIM out-projections and BCM gates all zero) reproduces the base model.
+A fresh adapter (LoRA up-projections, SAIM out-projections and BCM gates all zero) reproduces the base model;
+with ``saim_init == "default"`` (the reference implementation's init) SAIM acts from the first step.
 
 Sampling (gradients disabled) takes a fast path that equals the plain one up to float rounding: each projection
 uses per-branch merged weights ``W_b = W + scale * up_b @ down_b`` (one matmul per branch, the stock FLOPs), SAIM
@@ -266,10 +269,12 @@ class SAIM(nn.Module):
     Args:
         channels (`int`): C, the attention module's output width.
         width (`int`): W, the interaction width (a bottleneck when < C).
-        generator (`torch.Generator`): seeds every Linear but the zero-initialised ``proj_out``.
+        generator (`torch.Generator`): seeds every Linear (``proj_out`` too unless ``zero_out``).
+        zero_out (`bool`, defaults to True): zero-initialise ``proj_out`` so that a fresh SAIM is the identity;
+            False initialises it like every other Linear, as the reference implementation does.
     """
 
-    def __init__(self, channels: int, width: int, generator: torch.Generator):
+    def __init__(self, channels: int, width: int, generator: torch.Generator, *, zero_out: bool = True):
         super().__init__()
         self.width = width
         self.norm = nn.LayerNorm(channels)
@@ -277,7 +282,7 @@ class SAIM(nn.Module):
         self.q = _seeded_linear(width, width, generator)
         self.k = _seeded_linear(width, width, generator)
         self.v = _seeded_linear(width, width, generator)
-        self.proj_out = _seeded_linear(width, channels, generator, zero=True)
+        self.proj_out = _seeded_linear(width, channels, generator, zero=zero_out)
         self.fast_inference = True
         self._cache = _InferenceCache()
 
@@ -372,12 +377,14 @@ class BCM(nn.Module):
     Args:
         channels (`int`): the ``attn1`` input width C.
         generator (`torch.Generator`): seeds ``fc1`` and ``fc2``.
+        width (`int`, *optional*): hidden width H of the mixing MLP (``fc1`` C->H, ``fc2`` H->C); ``None`` is C.
     """
 
-    def __init__(self, channels: int, generator: torch.Generator):
+    def __init__(self, channels: int, generator: torch.Generator, width: int | None = None):
         super().__init__()
-        self.fc1 = _seeded_linear(channels, channels, generator)
-        self.fc2 = _seeded_linear(channels, channels, generator)
+        hidden = width or channels
+        self.fc1 = _seeded_linear(channels, hidden, generator)
+        self.fc2 = _seeded_linear(hidden, channels, generator)
         self.alpha = nn.Parameter(torch.zeros(()))
         self.fast_inference = True
         self._cache = _InferenceCache()
@@ -390,8 +397,9 @@ class BCM(nn.Module):
                 f"BCM: {reference.shape[0]} background rows for {pairs.shape[0]} pairs (one background per pair)"
             )
         whole = pairs[:, 0]
-        if _fast(self):
-            # fc2(fc1(.)) has no non-linearity: one folded C->C matmul at inference
+        # fc2(fc1(.)) has no non-linearity: one folded C->C matmul at inference, unless the hidden width H is
+        # a bottleneck narrow enough (C > 2H) that the two thin matmuls cost less
+        if _fast(self) and self.fc1.out_features * 2 >= self.fc1.in_features:
             params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
             weight, bias = self._cache.get(
                 _version_key(*params),
@@ -442,8 +450,16 @@ class DualAttnProcessor(nn.Module):
                 {name: BranchLoRA(i, o, config.rank, alpha / config.rank, generator) for name, (i, o) in sizes.items()}
             )
         channels = attn.to_out[0].out_features
-        self.saim = SAIM(channels, config.saim_width or channels, generator) if config.coupling == "saim" else None
-        self.bcm = BCM(attn.to_q.in_features, generator) if (config.bcm and self.is_self_attention) else None
+        self.saim = (
+            SAIM(channels, config.saim_width or channels, generator, zero_out=config.saim_init == "zero")
+            if config.coupling == "saim"
+            else None
+        )
+        self.bcm = (
+            BCM(attn.to_q.in_features, generator, config.bcm_width)
+            if (config.bcm and self.is_self_attention)
+            else None
+        )
 
     def _project(self, name: str, base: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
         if self.lora is None:
@@ -606,6 +622,12 @@ class DualAdapter(nn.Module):
             raise ValueError(f"LoRA rank must be >= 0, got {config.rank}")
         if config.coupling not in ("saim", "none"):
             raise ValueError(f"coupling must be 'saim' or 'none', got {config.coupling!r}")
+        if config.saim_init not in ("zero", "default"):
+            raise ValueError(f"saim_init must be 'zero' or 'default', got {config.saim_init!r}")
+        for name in ("saim_width", "bcm_width"):
+            width = getattr(config, name)
+            if width is not None and width < 1:
+                raise ValueError(f"{name} must be >= 1 (or None for the module's width), got {width}")
         generator = torch.Generator().manual_seed(seed)
         modules = dict(unet.named_modules())
         processors = {}
@@ -783,6 +805,10 @@ def _text_encoder_with_lora(text_encoder: CLIPTextModel, rank: int, generator: t
     with torch.no_grad():
         for module in clone.modules():
             if isinstance(module, LoraLayer) and _TE_ADAPTER_NAME in module.lora_A:
+                # peft creates the LoRA in the base layer's dtype; a half-precision backbone (mixed-precision fit)
+                # would then train it in fp16 (GradScaler refuses to unscale fp16 gradients) or bf16: keep fp32
+                module.lora_A[_TE_ADAPTER_NAME].float()
+                module.lora_B[_TE_ADAPTER_NAME].float()
                 down = module.lora_A[_TE_ADAPTER_NAME].weight
                 down.copy_(torch.empty(down.shape).normal_(0.0, 1.0 / rank, generator=generator))
                 module.lora_B[_TE_ADAPTER_NAME].weight.zero_()
