@@ -1,10 +1,9 @@
-"""What every export format shares: reading synth folders and real data, planning files, writing them safely.
+"""What every export format shares: the config, reading synth folders and real data, planning files, pixels.
 
-An export is planned first (every output file, its source and how it is derived), then written file by
-file. Each write is atomic (temp file + rename) and is recorded in a journal in the export root, so an
-interrupted export leaves only complete files and a rerun finishes it. When everything is written the
-export manifest (``export.json`` + ``export_manifest.jsonl``) replaces the journal; a later run with the same
-inputs finds the manifest's digest unchanged and does nothing.
+An export is planned first (every output file, its source and how it is derived), then written by
+:mod:`anogen.export.writer`: atomic files, a journal so an interrupted export resumes, and the export manifest
+(``export.json`` + ``export_manifest.jsonl``) when everything is written; a later run with the same inputs finds
+nothing changed and does nothing.
 
 No torch here: exports run on machines that only have the data.
 """
@@ -13,36 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from anogen import __version__
 from anogen.data.model import Category
-from anogen.errors import AnogenError, DataError, InputError
+from anogen.errors import DataError, InputError
 from anogen.io import (
-    SCHEMA_VERSION,
-    atomic_open,
     mask_to_png_array,
     natural_key,
     safe_name,
-    save_png_atomic,
-    sha256_file,
     to_rgb,
-    write_bytes_atomic,
-    write_json_atomic,
 )
-from anogen.progress import ProgressCallback, report
+from anogen.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from anogen.export.writer import ExportResult
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +87,8 @@ class ExportConfig:
             shots) to the test set of each exported defect type.
         coco_per_mask (`bool`, defaults to False): COCO: one annotation per mask instead of per connected
             component.
+        workers (`int`, defaults to 0): processes converting files (resizing, re-encoding) when many need it;
+            0 uses every core this process may run on. Not part of the result: any value writes the same tree.
     """
 
     format: str = "mvtec"
@@ -107,6 +101,7 @@ class ExportConfig:
     force: bool = False
     include_real_test: bool = False
     coco_per_mask: bool = False
+    workers: int = 0
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -117,6 +112,8 @@ class ExportConfig:
             raise InputError(f"--size must be source, native or a number of pixels, not {self.size!r}")
         if isinstance(self.size, int) and not 8 <= self.size <= 16384:
             raise InputError(f"--size {self.size} is out of range (8..16384 pixels)")
+        if self.workers < 0:
+            raise InputError(f"workers must be 0 (every core) or more, not {self.workers}")
         if self.data is None and self.format != "coco":
             raise InputError(
                 f"--format {self.format} needs the real data set for its normal images",
@@ -622,141 +619,7 @@ def render_mask(src: Path, size: tuple[int, int]) -> np.ndarray:
     return binary
 
 
-def _linkable(pf: PlannedFile) -> bool:
-    """True when the source file is already exactly what the export would write, so it can be linked."""
-    try:
-        with Image.open(pf.src) as img:
-            if img.format != "PNG" or img.size != tuple(pf.size or img.size) or img.mode != pf.mode:
-                return False
-            if pf.role == "mask":
-                values = np.unique(np.asarray(img))
-                return bool(np.isin(values, (0, 255)).all())
-            return True
-    except OSError:
-        return False
-
-
-# ------------------------------------------------------------------------------------------ writing
-
-
-def _tmp_path(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.{os.getpid()}{_TMP_SUFFIX}"
-
-
-def _place(src: Path, dst: Path, link: str) -> str:
-    """Put ``src`` at ``dst`` by copy, hard link or symlink, atomically; returns how it was placed."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(dst)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        if link == "hardlink":
-            try:
-                os.link(src, tmp)
-                os.replace(tmp, dst)
-                return "hardlink"
-            except OSError as exc:
-                # EXDEV (another file system), EPERM (FAT, some network shares): a copy is always possible.
-                logger.info("hard link %s -> %s failed (%s); copying", src, dst, errno.errorcode.get(exc.errno, exc))
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-        elif link == "symlink":
-            os.symlink(src.resolve(), tmp)
-            os.replace(tmp, dst)
-            return "symlink"
-        with atomic_open(dst, "wb") as handle, open(src, "rb") as source:
-            shutil.copyfileobj(source, handle)
-        return "copy"
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_planned(pf: PlannedFile, out: Path, link: str) -> str:
-    """Write one planned file under ``out``; returns ``copy``/``hardlink``/``symlink``/``converted``."""
-    dst = out / pf.rel
-    if _linkable(pf):
-        return _place(pf.src, dst, link)
-    size = pf.size or image_target(pf.src, None)
-    if pf.role == "mask":
-        save_png_atomic(dst, render_mask(pf.src, size))
-    else:
-        save_png_atomic(dst, render_image(pf.src, size, pf.mode))
-    return "converted"
-
-
 # --------------------------------------------------------------------------------------- the export
-
-
-@dataclass
-class ExportResult:
-    """What :func:`run_plan` did."""
-
-    out: Path
-    format: str
-    status: Literal["written", "up_to_date", "resumed"]
-    files: int
-    written: int
-    reused: int
-    removed: int
-    counts: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["out"] = str(self.out)
-        return data
-
-
-def dir_state(out: Path) -> Literal["missing", "empty", "ours", "partial", "foreign"]:
-    """Whether ``out`` is free, an export of ours (complete or interrupted), or someone else's folder."""
-    if not out.exists():
-        return "missing"
-    if not out.is_dir():
-        return "foreign"
-    if (out / EXPORT_JSON).is_file():
-        return "ours"
-    if (out / JOURNAL).is_file():
-        return "partial"
-    return "empty" if not any(out.iterdir()) else "foreign"
-
-
-def _read_journal(out: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    path = out / JOURNAL
-    if not path.is_file():
-        return done
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: that file is simply redone
-            if isinstance(row, dict) and "rel" in row:
-                done[row["rel"]] = row
-    return done
-
-
-def _read_previous_manifest(out: Path) -> dict[str, dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
-    path = out / EXPORT_MANIFEST
-    if not path.is_file():
-        return rows
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            with contextlib.suppress(json.JSONDecodeError):
-                row = json.loads(line)
-                if isinstance(row, dict) and "path" in row:
-                    rows[row["path"]] = row
-    return rows
-
-
-def _still_there(out: Path, row: dict[str, Any]) -> bool:
-    path = out / row["rel" if "rel" in row else "path"]
-    try:
-        return path.stat().st_size == row.get("bytes")
-    except OSError:
-        return False
 
 
 def notice_text(categories: Sequence[CategoryItems], fmt: str) -> str:
@@ -785,228 +648,6 @@ def notice_text(categories: Sequence[CategoryItems], fmt: str) -> str:
             "",
         ]
     return "\n".join(lines)
-
-
-def run_plan(
-    plan: ExportPlan,
-    config: ExportConfig,
-    *,
-    inputs: Sequence[SynthSet],
-    progress: ProgressCallback | None = None,
-) -> ExportResult:
-    """Write ``plan`` into ``config.out``: idempotent, atomic per file, resumable after an interruption.
-
-    Raises:
-        InputError: ``out`` is a file, or a non-empty folder that is not an anogen export (without ``force``).
-    """
-    out = Path(config.out).resolve()
-    _refuse_overlap(out, config, inputs)
-    state = dir_state(out)
-    if state == "foreign" and out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
-    if state == "foreign" and not config.force:
-        raise InputError(
-            f"{out} is not empty and holds no anogen export ({EXPORT_JSON})",
-            hint="choose an empty or new folder, or pass --force to write into it anyway",
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    rels = [pf.rel for pf in plan.files] + [g.rel for g in plan.generated]
-    if len(set(rels)) != len(rels):
-        raise AnogenError("internal error: two export files share a path")
-    for rel in rels:
-        # Defence in depth: every name was sanitised, but no planned path may leave the export root.
-        # normpath, not resolve: a symlinked export file legitimately points outside, its path does not.
-        target = Path(os.path.normpath(out / rel))
-        if out not in target.parents:
-            raise InputError(f"refusing to write outside {out}: {rel}")
-
-    total = len(plan.files)
-    src_hashes: dict[Path, str] = {}
-    fingerprints: dict[str, str] = {}
-    for index, pf in enumerate(plan.files):
-        if pf.src not in src_hashes:
-            src_hashes[pf.src] = sha256_file(pf.src)
-        fingerprints[pf.rel] = pf.fingerprint(src_hashes[pf.src], config.link)
-        report(progress, "hashing sources", index + 1, total)
-    digest_spec = {
-        "format": plan.format,
-        "out": str(out),
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("force", "out")},
-        "files": fingerprints,
-        "generated": sorted(g.rel for g in plan.generated),
-        "depends": sorted(sha256_file(path) for path in plan.depends),
-    }
-    digest = hashlib.sha256(json.dumps(digest_spec, sort_keys=True).encode()).hexdigest()
-
-    previous = _read_previous_manifest(out) if state in ("ours", "partial") else {}
-    if state == "ours" and not config.force:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            record = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
-            if record.get("digest") == digest and all(_still_there(out, row) for row in previous.values()):
-                logger.info("%s is up to date", out)
-                return ExportResult(out, plan.format, "up_to_date", len(previous), 0, len(previous), 0, plan.summary)
-
-    # From here on the folder is an export in progress: the journal marks it as ours for a rerun.
-    journal_done = {} if config.force else _read_journal(out)
-    if not config.force:
-        # Files of a previous complete export count as done when their fingerprint still matches.
-        for rel, row in previous.items():
-            if "fingerprint" in row and rel not in journal_done:
-                journal_done[rel] = {
-                    "rel": rel,
-                    "fp": row["fingerprint"],
-                    "bytes": row.get("bytes"),
-                    "sha256": row.get("sha256"),
-                    "placed": row.get("placed"),
-                }
-    resumed = state == "partial" and bool(journal_done)
-    if config.force:
-        with contextlib.suppress(FileNotFoundError):
-            (out / JOURNAL).unlink()
-    journal_rows: dict[str, dict[str, Any]] = {}
-    written = reused = 0
-    with open(out / JOURNAL, "a", encoding="utf-8") as journal:
-        # The journal exists before export.json goes, so the folder is always recognisably ours.
-        with contextlib.suppress(FileNotFoundError):
-            (out / EXPORT_JSON).unlink()
-        for index, pf in enumerate(plan.files):
-            fp = fingerprints[pf.rel]
-            done = journal_done.get(pf.rel)
-            if done is not None and done.get("fp") == fp and _still_there(out, {"rel": pf.rel, **done}):
-                journal_rows[pf.rel] = done
-                reused += 1
-            else:
-                placed = write_planned(pf, out, config.link)
-                dst = out / pf.rel
-                row = {
-                    "rel": pf.rel,
-                    "fp": fp,
-                    "bytes": dst.stat().st_size,
-                    "sha256": sha256_file(dst),
-                    "placed": placed,
-                }
-                journal.write(json.dumps(row, sort_keys=True) + "\n")
-                journal.flush()
-                journal_rows[pf.rel] = row
-                written += 1
-            report(progress, f"export {plan.format}", index + 1, total)
-        for gen in plan.generated:
-            write_bytes_atomic(out / gen.rel, gen.make())
-
-    removed = _remove_strays(out, plan, set(rels))
-    notice = notice_text(plan.categories, plan.format).encode()
-    write_bytes_atomic(out / NOTICE_FILE, notice)
-    generated = [*plan.generated, GeneratedFile(NOTICE_FILE, lambda: notice, role="notice")]
-
-    manifest_rows = []
-    for pf in sorted(plan.files, key=lambda p: p.rel):
-        jr = journal_rows[pf.rel]
-        manifest_rows.append(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "path": pf.rel,
-                "role": pf.role,
-                "split": pf.split,
-                "label": pf.label,
-                "category": pf.category,
-                "defect": pf.defect,
-                "pair": pf.pair,
-                "source": {**pf.provenance.to_dict(), "sha256": src_hashes[pf.src]},
-                "bytes": jr["bytes"],
-                "sha256": jr["sha256"],
-                "placed": jr.get("placed"),
-                "fingerprint": fingerprints[pf.rel],
-            }
-        )
-    for gen in sorted(generated, key=lambda g: g.rel):
-        path = out / gen.rel
-        manifest_rows.append(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "path": gen.rel,
-                "role": gen.role,
-                "source": {"kind": "generated"},
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-            }
-        )
-    with atomic_open(out / EXPORT_MANIFEST, "w", encoding="utf-8") as handle:
-        for row in manifest_rows:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "anogen_version": __version__,
-        "format": plan.format,
-        "digest": digest,
-        # ``force`` is how this run was invoked, not a property of the result: leave it out so a forced rebuild
-        # of the same inputs is byte-identical.
-        "config": {k: v for k, v in config.to_dict().items() if k != "force"},
-        "notice": NOTICE_FILE,
-        "manifest": EXPORT_MANIFEST,
-        "files": len(manifest_rows),
-        "counts": plan.summary,
-        "categories": [
-            {
-                "name": c.name,
-                "source_name": c.source_name,
-                "dataset_format": c.dataset_format,
-                "data_root": c.data_root,
-                "image_size": list(c.target_size) if c.target_size else None,
-                "grayscale": c.grayscale,
-                "licence": _LICENCES.get(c.dataset_format, _LICENCES["folder"])[1],
-            }
-            for c in plan.categories
-        ],
-        "inputs": [
-            {
-                "synth_dir": str(s.folder),
-                "category": s.category,
-                "defect": s.defect,
-                "adapter_sha256": (s.run.get("adapter") or {}).get("sha256")
-                if isinstance(s.run.get("adapter"), dict)
-                else None,
-                "seed": s.run.get("seed"),
-                "accepted_exported": len(s.samples),
-            }
-            for s in inputs
-        ],
-    }
-    # export.json last: its presence is what marks the export complete.
-    write_json_atomic(out / EXPORT_JSON, record)
-    with contextlib.suppress(FileNotFoundError):
-        (out / JOURNAL).unlink()
-    status: Literal["written", "resumed"] = "resumed" if resumed else "written"
-    return ExportResult(out, plan.format, status, len(manifest_rows), written, reused, removed, plan.summary)
-
-
-def _refuse_overlap(out: Path, config: ExportConfig, inputs: Sequence[SynthSet]) -> None:
-    """Never export into (or around) the data being read: cleaning the export's folders would delete it."""
-    sources = [Path(config.data).resolve()] if config.data is not None else []
-    sources += [s.folder for s in inputs]
-    for source in sources:
-        if out == source or out in source.parents or source in out.parents:
-            raise InputError(
-                f"--out {out} overlaps an input ({source})",
-                hint="export into a separate folder; --force does not lift this",
-            )
-
-
-def _remove_strays(out: Path, plan: ExportPlan, keep: set[str]) -> int:
-    """Delete files under the export's own folders that the plan does not hold (older exports, temp files)."""
-    removed = 0
-    for root_rel in plan.roots:
-        root = out / root_rel
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*"), reverse=True):
-            rel = path.relative_to(out).as_posix()
-            if path.is_symlink() or path.is_file():
-                if rel not in keep:
-                    path.unlink()
-                    removed += 1
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-    return removed
 
 
 def export(
@@ -1041,5 +682,7 @@ def export(
     plan = planner(categories, config)
     if dry_run:
         return plan
+    from anogen.export.writer import run_plan
+
     used = [s for s in sets if any(s.category == c.source_name for c in categories)]
     return run_plan(plan, config, inputs=used, progress=progress)
