@@ -15,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ EXPORT_JSON = "export.json"
 EXPORT_MANIFEST = "export_manifest.jsonl"
 NOTICE_FILE = "LICENSE-NOTICE.txt"
 JOURNAL = ".anogen-export.journal.jsonl"
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 # Bump when the way a file is rendered changes (resampling, mode handling): older exports then rebuild.
 RENDER_VERSION = 1
 _TMP_SUFFIX = ".tmp"
@@ -211,19 +214,9 @@ def read_synth_set(folder: str | Path) -> SynthSet:
     count = run.get("count")
     adapter = run.get("adapter") if isinstance(run.get("adapter"), dict) else {}
     samples: list[SynthSample] = []
+    locate = _ManifestPaths(folder, folder / MANIFEST)
     for row in result_rows(rows, count if isinstance(count, int) else None):
-        paths = {}
-        for key in ("image", "part", "mask"):
-            rel = row.get(key)
-            if not isinstance(rel, str):
-                raise DataError(f"{folder / MANIFEST}: row {row['id']} has no {key} path")
-            target = (folder / rel).resolve()
-            # A manifest path must stay inside its folder; anything else is a corrupt or hostile manifest.
-            if folder not in target.parents:
-                raise DataError(f"{folder / MANIFEST}: row {row['id']} points outside its folder: {rel}")
-            if not target.is_file():
-                raise DataError(f"{target} is missing (accepted sample {row['id']})", path=target)
-            paths[key] = target
+        paths = {key: locate(row, key) for key in ("image", "part", "mask")}
         samples.append(
             SynthSample(
                 category=category,
@@ -240,6 +233,42 @@ def read_synth_set(folder: str | Path) -> SynthSet:
             )
         )
     return SynthSet(folder=folder, run=run, category=category, defect=defect, rows=rows, samples=samples)
+
+
+class _ManifestPaths:
+    """Resolve manifest paths inside a synth folder as ``Path.resolve`` would, without its cost for plain files.
+
+    A plain file in a folder without symlinks resolves to its normalised path; only symlinks (and paths under a
+    symlinked folder) take the slow, exact way.
+    """
+
+    def __init__(self, folder: Path, manifest: Path) -> None:
+        self.folder, self.manifest = folder, manifest
+        self.prefix = str(folder) + os.sep
+        self.plain_dirs: dict[str, bool] = {}
+
+    def __call__(self, row: dict[str, Any], key: str) -> Path:
+        rel = row.get(key)
+        if not isinstance(rel, str):
+            raise DataError(f"{self.manifest}: row {row['id']} has no {key} path")
+        joined = os.path.normpath(os.path.join(self.prefix, rel))
+        parent = os.path.dirname(joined)
+        plain = self.plain_dirs.get(parent)
+        if plain is None:
+            plain = self.plain_dirs[parent] = os.path.realpath(parent) == parent
+        try:
+            st = os.lstat(joined) if plain and joined.startswith(self.prefix) else None
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return Path(joined)
+        target = (self.folder / rel).resolve()
+        # A manifest path must stay inside its folder; anything else is a corrupt or hostile manifest.
+        if self.folder not in target.parents:
+            raise DataError(f"{self.manifest}: row {row['id']} points outside its folder: {rel}")
+        if not target.is_file():
+            raise DataError(f"{target} is missing (accepted sample {row['id']})", path=target)
+        return target
 
 
 def held_out_stems(synth: SynthSet) -> list[str] | None:
@@ -516,17 +545,20 @@ class PlannedFile:
     pair: str | None = None  # the mask of an image, the image of a mask
 
     def fingerprint(self, src_sha256: str, link: str) -> str:
-        spec = {
-            "rel": self.rel,
-            "role": self.role,
-            "src_sha256": src_sha256,
-            "size": list(self.size) if self.size else None,
-            "mode": self.mode,
-            "link": link,
-            "render": RENDER_VERSION,
-            "src": str(self.src) if link == "symlink" else None,
-        }
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        """sha256 of ``json.dumps(spec, sort_keys=True)`` of what makes this file: its path, role, source bytes,
+        size, mode, link mode, render version (and the source path of a symlink).
+
+        Spelled out rather than built with ``json.dumps``: an export computes one per file; the bytes are the same
+        (``json``'s own string escaping, its default separators, keys in sorted order).
+        """
+        size = f"[{int(self.size[0])}, {int(self.size[1])}]" if self.size else "null"
+        src = _json_str(str(self.src)) if link == "symlink" else "null"
+        text = (
+            f'{{"link": {_json_str(link)}, "mode": {_json_str(self.mode)}, "rel": {_json_str(self.rel)}, '
+            f'"render": {RENDER_VERSION}, "role": {_json_str(self.role)}, "size": {size}, "src": {src}, '
+            f'"src_sha256": {_json_str(src_sha256)}}}'
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,9 @@ CHECKPOINT_S = 2.0
 # Conversions go to worker processes only when at least this many files are left: starting one costs ~0.5 s.
 POOL_MIN_FILES = 256
 _PROGRESS_EVERY = 256
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+# One encoder for every manifest row: json.dumps builds a new one per call.
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True)
 
 
 @dataclass
@@ -304,7 +307,11 @@ class _Journal:
         self.last = time.monotonic()
 
     def add(self, row: dict[str, Any]) -> None:
-        self.pending.append(json.dumps(row, sort_keys=True) + "\n")
+        # Spelled out (one row per file): the same JSON object json.dumps would write, several times faster.
+        self.pending.append(
+            f'{{"bytes": {int(row["bytes"])}, "fp": "{row["fp"]}", "placed": "{row["placed"]}", '
+            f'"rel": {_json_str(row["rel"])}, "sha256": "{row["sha256"]}"}}\n'
+        )
         if len(self.pending) >= CHECKPOINT_FILES or time.monotonic() - self.last >= CHECKPOINT_S:
             self.checkpoint()
 
@@ -583,7 +590,7 @@ def run_plan(
     for pf in sorted(plan.files, key=lambda p: p.rel):
         jr = rows[pf.rel]
         facts = sources.facts[str(pf.src)]
-        manifest_lines.append(json.dumps({
+        manifest_lines.append(_ROW_ENCODER.encode({
             "schema_version": SCHEMA_VERSION,
             "path": pf.rel,
             "role": pf.role,
@@ -597,7 +604,7 @@ def run_plan(
             "sha256": jr["sha256"],
             "placed": jr.get("placed"),
             "fingerprint": fingerprints[pf.rel],
-        }, sort_keys=True))
+        }))
     for gen, size, sha in sorted(gen_rows, key=lambda g: g[0].rel):
         manifest_lines.append(json.dumps({"schema_version": SCHEMA_VERSION, "path": gen.rel, "role": gen.role,
                                           "source": {"kind": "generated"}, "bytes": size, "sha256": sha},
