@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,29 +237,32 @@ def read_synth_set(folder: str | Path) -> SynthSet:
 class _ManifestPaths:
     """Resolve manifest paths inside a synth folder as ``Path.resolve`` would, without its cost for plain files.
 
-    A plain file in a folder without symlinks resolves to its normalised path; only symlinks (and paths under a
-    symlinked folder) take the slow, exact way.
+    A regular file directly listed in a folder free of symlinks resolves to its normalised path (one directory
+    listing per folder, not a system call per file); symlinks and anything unusual take the slow, exact way.
     """
 
     def __init__(self, folder: Path, manifest: Path) -> None:
         self.folder, self.manifest = folder, manifest
         self.prefix = str(folder) + os.sep
-        self.plain_dirs: dict[str, bool] = {}
+        self.listings: dict[str, set[str]] = {}
+
+    def _regular_files(self, parent: str) -> set[str]:
+        names = self.listings.get(parent)
+        if names is None:
+            names = set()
+            if os.path.realpath(parent) == parent:
+                with contextlib.suppress(OSError), os.scandir(parent) as entries:
+                    names = {e.name for e in entries if e.is_file(follow_symlinks=False)}
+            self.listings[parent] = names
+        return names
 
     def __call__(self, row: dict[str, Any], key: str) -> Path:
         rel = row.get(key)
         if not isinstance(rel, str):
             raise DataError(f"{self.manifest}: row {row['id']} has no {key} path")
         joined = os.path.normpath(os.path.join(self.prefix, rel))
-        parent = os.path.dirname(joined)
-        plain = self.plain_dirs.get(parent)
-        if plain is None:
-            plain = self.plain_dirs[parent] = os.path.realpath(parent) == parent
-        try:
-            st = os.lstat(joined) if plain and joined.startswith(self.prefix) else None
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISREG(st.st_mode):
+        parent, name = os.path.split(joined)
+        if joined.startswith(self.prefix) and name in self._regular_files(parent):
             return Path(joined)
         target = (self.folder / rel).resolve()
         # A manifest path must stay inside its folder; anything else is a corrupt or hostile manifest.

@@ -186,7 +186,11 @@ def _still_there(out: Path, row: dict[str, Any]) -> bool:
 def _read(path: str, size: int) -> bytes:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        chunks = [os.read(fd, size + 1)]
+        # Asking for one byte more than the file holds: a short read is the end, with no second call to see it.
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        chunks = [data]
         while chunks[-1]:
             chunks.append(os.read(fd, 1 << 20))
     finally:
