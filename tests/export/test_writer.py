@@ -19,6 +19,7 @@ import pytest
 from helpers import make_mvtec, make_synth
 from PIL import Image
 
+import anogen.export.placing as placing
 import anogen.export.writer as writer
 from anogen.export import ExportConfig, export
 from anogen.export.common import PlannedFile, Provenance
@@ -135,13 +136,13 @@ def test_fingerprint_is_the_sha256_of_its_json_spec() -> None:
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reads: list[str] = []
-    real = writer._read
+    real = placing.read_source
 
     def counting(path: str, size: int) -> bytes:
         reads.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(writer, "_read", counting)
+    monkeypatch.setattr(placing, "read_source", counting)
     return reads
 
 
