@@ -484,9 +484,10 @@ def export(
     else:
         from anogen.export.visa import plan_visa as planner
     plan = planner(categories, config)
-    if dry_run:
-        return plan
-    from anogen.export.writer import run_plan
+    from anogen.export.writer import check_destination, run_plan
 
     used = [s for s in sets if any(s.category == c.source_name for c in categories)]
+    if dry_run:
+        check_destination(config, used, plan.format)  # the real run's refusals, before anything is written
+        return plan
     return run_plan(plan, config, inputs=used, progress=progress)

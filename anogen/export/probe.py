@@ -191,8 +191,12 @@ class SourceCache:
             return None  # probed as an image before; a mask needs its pixel values too
         return Probe(entry[3], tuple(entry[4]) if entry[4] is not None else None, entry[5])  # type: ignore[arg-type]
 
+    def is_racy(self, mtime_ns: int) -> bool:
+        """Whether a file with this mtime may still change unseen (modified close to when this run began)."""
+        return mtime_ns > self.started - int(_RACY_S * 1e9)
+
     def put(self, path: str, st: os.stat_result, facts: Probe) -> None:
-        if st.st_mtime_ns > self.started - int(_RACY_S * 1e9):
+        if self.is_racy(st.st_mtime_ns):
             self.entries.pop(path, None)
             return
         self.entries[path] = [st.st_size, st.st_mtime_ns, st.st_ino, facts.sha256,

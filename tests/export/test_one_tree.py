@@ -34,6 +34,8 @@ def test_cli_exit_2_with_one_line_naming_the_format(world: dict[str, Path]) -> N
     out = world["tmp"] / "out"
     base = ["export", str(world["synth"]), "--data", str(world["data"]), "--out", str(out)]
     assert CliRunner().invoke(app, [*base, "--format", "coco"]).exit_code == 0
+    dry = CliRunner().invoke(app, [*base, "--format", "mvtec", "--dry-run"])
+    assert dry.exit_code == 2 and "format coco" in dry.output  # a dry run refuses what the real run refuses
     res = CliRunner().invoke(app, [*base, "--format", "mvtec"])
     assert res.exit_code == 2
     error_lines = [line for line in res.output.splitlines() if line.startswith("error")]
