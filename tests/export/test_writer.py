@@ -247,8 +247,16 @@ def test_sigkill_mid_export_resumes_to_the_clean_tree(tmp_path: Path) -> None:
     assert all(got[rel] == want[rel] for rel in want if rel != "export.json")
 
 
-def test_conversions_in_worker_processes_write_the_same_tree(tmp_path: Path) -> None:
+def test_conversions_in_worker_processes_write_the_same_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Above POOL_MIN_FILES conversions go to worker processes; the files are those of the inline path."""
+    pools = []
+    real_pool = placing.ProcessPoolExecutor
+
+    def spy(*args, **kwargs):
+        pools.append(args)
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(placing, "ProcessPoolExecutor", spy)
     data = make_mvtec(tmp_path / "data", defects={"crack": 2})
     synth = tmp_path / "synth"
     # 32 px samples into a 40 px category: every synthetic image and mask is converted.
@@ -259,6 +267,7 @@ def test_conversions_in_worker_processes_write_the_same_tree(tmp_path: Path) -> 
         result = export([synth], ExportConfig(format="mvtec", out=out, data=data, workers=workers))
         assert result.written == len(list(out.rglob("*.png")))
         trees[workers] = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert pools == [(2,)]  # only the workers=2 run started a pool
     assert sorted(trees[1]) == sorted(trees[2])
     assert all(trees[1][rel] == trees[2][rel] for rel in trees[1] if rel not in ("export.json",))
     placed = [json.loads(line).get("placed") for line in (tmp_path / "w2" / "export_manifest.jsonl").open()]
