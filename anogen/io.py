@@ -165,3 +165,78 @@ def safe_name(name: str, *, fallback: str = "unnamed") -> str:
 def natural_key(text: str) -> list[Any]:
     """Sort key that orders ``2.png`` before ``10.png``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def write_bytes_replace(path: str | Path, data: bytes, *, tmp: str | Path | None = None) -> os.stat_result:
+    """Write ``data`` to a temp file beside ``path`` and rename it into place, without forcing it to disk.
+
+    Readers and a resumed run see the old file or the complete new one, even if the process is killed; after a
+    power loss the new file may be empty or torn until the caller has synced (:func:`sync_filesystem`), which
+    callers writing many files do once at their checkpoints instead of once per file. The file gets the mode a
+    plain ``open()`` would give (0o666 less the umask). ``tmp`` names the temp file (default: ``.<name>.<pid>.tmp``).
+    Returns the written file's ``stat``.
+    """
+    path = Path(path)
+    tmp_name = os.fspath(tmp) if tmp is not None else os.path.join(path.parent, f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp_name, flags, 0o666)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp_name, flags, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            stat = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return stat
+
+
+def encode_png(image: Image.Image | np.ndarray) -> bytes:
+    """The bytes :func:`save_png_atomic` writes for ``image`` (same fixed compression level)."""
+    import io
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def sync_filesystem(path: str | Path) -> None:
+    """Force everything written to the file system holding ``path`` onto the disk (``syncfs``, else ``sync``)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the renames inside folder ``path`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -323,6 +323,11 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
         t = q["export"]["timings"]
         lines.append(f"| export vs plain copy of the same bytes (no goal) | toy | "
                      f"{t['export']['median_s'] / t['plain_copy']['median_s']:.2f}x | - | - |")
+    ex = parts.get("export", {})
+    if ex.get("ratios"):
+        from bench.export import goal_rows
+
+        lines += goal_rows(ex)
     lines.append("")
     analysis = _analysis(parts)
     if analysis:
@@ -333,6 +338,10 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
             lines += _speed_section(title, parts[name])
     if "quality" in parts:
         lines += _quality_section(parts["quality"])
+    if ex.get("ratios") or ex.get("error"):
+        from bench.export import section
+
+        lines += section(ex)
     lines += ["## What is measured", "",
               "- **synth vs pipeline**: anogen's `sample_pairs` (text encoding, joint denoising of P pairs, VAE "
               "decoding, uint8) against diffusers' `StableDiffusionPipeline` on the same UNet / VAE / text encoder "
@@ -361,6 +370,7 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               "```", "python -m bench            # everything (about an hour on 2 shared cores)",
               "python -m bench --quick    # plumbing check (10-15 min on 2 loaded cores, mostly process start-ups)",
               "python -m bench --parts quality --quality-backbone toy",
+              "python -m bench --parts export   # export vs cp at 10,000 samples (python -m bench.export alone)",
               "python -m bench --render   # rewrite this file from docs/benchmarks.json",
               "```", "",
               "Not part of CI. `--parts` reruns some parts and keeps the others' last figures (each part is dated).",

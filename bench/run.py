@@ -6,7 +6,8 @@ Parts (``--parts``, all by default):
 * ``sd15``: the same ratios at SD-1.5 size (the published UNet / VAE / CLIP-L configs, random weights): on a CPU
   for one denoising step at 256 px, with a projection to the preset's 30 steps; on a GPU the full setting;
 * ``quality``: toy data -> prior -> fit -> synth with SAIM and with ``coupling none``, alignment IoU, the
-  ``anogen eval`` table, and export vs a plain copy.
+  ``anogen eval`` table, and export vs a plain copy;
+* ``export``: ``anogen export`` of 10,000 synthetic samples against ``cp -r`` of the same files (bench/export.py).
 
 Every measurement runs in its own process (peak memory per measurement); contestants are timed interleaved
 (A, B, A, B, ...) and summarised by their medians. Raw results go to docs/benchmarks.json; a run of some parts
@@ -36,7 +37,7 @@ from bench.report import render  # noqa: E402
 
 logger = logging.getLogger("bench")
 
-PARTS = ("toy", "sd15", "quality")
+PARTS = ("toy", "sd15", "quality", "export")
 
 
 def settings(quick: bool, gpu: bool) -> dict[str, dict[str, Any]]:
@@ -56,11 +57,13 @@ def settings(quick: bool, gpu: bool) -> dict[str, dict[str, Any]]:
     # cores; eval at 100 steps per method, not 400. bench/alignment.py measures alignment on more pairs.
     quality = dict(backbone="toy", fit_steps=None, count=16, eval_steps=100, repeats=3, seed=0,
                    defects=["stain", "hole"])
+    export = dict(samples=10000, repeats=3)
     if quick:
+        export.update(samples=200, repeats=1)
         toy.update(pairs=2, steps=4, repeats=2, fit_repeats=3, calls=1)
         sd15.update(resolution=64, repeats=1, fit_repeats=1)
         quality.update(fit_steps=10, count=2, eval_steps=20, repeats=1)
-    return {"toy": toy, "sd15": sd15, "quality": quality}
+    return {"toy": toy, "sd15": sd15, "quality": quality, "export": export}
 
 
 def _speed_part(config: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: {part} ...", file=sys.stderr, flush=True)
         if part in ("toy", "sd15"):
             data = _speed_part(config[part], args.threads)
+        elif part == "export":
+            export_args = {**config["export"], "work": str(work / "export")}
+            data = run_worker("export", export_args, threads=1)
+            data["settings"] = export_args
         else:
             quality_args = {**config["quality"], "work": str(work / "quality"), "backbone": args.quality_backbone}
             if args.quality_fit_steps:

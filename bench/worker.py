@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    from bench import quality, speed
+    from bench import export, quality, speed
     from bench.common import gpu_peak_mb, peak_rss_mb
 
     tasks = {
@@ -25,6 +25,7 @@ def main(argv: list[str]) -> None:
         "fit": speed.task_fit,
         "memory": speed.task_memory,
         "quality": quality.task_quality,
+        "export": export.task_export,
     }
     result = tasks[task](args)
     result.setdefault("process_peak_rss_mb", round(peak_rss_mb(), 1))

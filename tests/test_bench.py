@@ -72,3 +72,35 @@ def test_report_marks_each_goal_met_or_not():
     assert "**met**" in rows["fit time per sample vs diffusers + peft LoRA step"]  # 1.30 <= 1.3
     assert "**not met**" in rows["end-to-end synth (masks, writing) vs bare denoising loop"]  # 2.40 > 1.1
     assert "CPU: X" in text
+
+
+def test_export_bench_end_to_end_on_a_small_world(tmp_path) -> None:
+    """bench/export.py at 30 samples: its synth folder is one anogen reads, every contestant is timed."""
+    from anogen.export import read_synth_set
+    from bench.export import make_world, run
+
+    world = make_world(tmp_path / "w", 7)
+    sets = [read_synth_set(world["synth"] / "widget" / d) for d in ("crack", "scratch")]
+    assert [len(s.samples) for s in sets] == [4, 3]
+    result = run(30, 1, tmp_path / "bench", cli=False)
+    # 30 images + 30 masks + 72 real normals + export.json, export_manifest.jsonl, LICENSE-NOTICE.txt
+    assert result["files"] == 30 * 2 + 72 + 3 and result["written_first"] == 30 * 2 + 72
+    assert result["trees_identical"]
+    assert set(result["ratios"]) == {"export_copy", "export_copy_cold", "export_hardlink", "noop"}
+    assert result["ratios"]["noop"] == pytest.approx(result["timings"]["noop"]["median_s"]
+                                                     / result["timings"]["cp"]["median_s"])
+
+
+def test_report_marks_the_export_goals() -> None:
+    part = {"samples": 10000, "repeats": 3, "files": 20075, "bytes": 1e8, "load_average_before": [1, 1, 1],
+            "load_average_after": [1, 1, 1], "cores": 2, "sync_s_median": 0.1,
+            "ratios": {"export_copy": 1.4, "export_copy_cold": 2.0, "export_hardlink": 1.6, "noop": 0.25},
+            "timings": {"cp": _t(1.0), "export_copy": _t(1.4), "export_hardlink": _t(1.6), "noop": _t(0.25)}}
+    text = render({"quick": False, "parts": {"export": part}, "machine": {"cpu": "X"}})
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| export")
+            or line.startswith("| no-op")}
+    assert "**met**" in rows["export `--link copy` vs `cp -r` of the same files"]  # 1.4 <= 1.5
+    assert "**not met**" in rows["export `--link hardlink` vs `cp -r` of the same files"]  # 1.6 > 1.5
+    assert "**not met**" in rows["no-op re-export vs `cp -r` of the same files"]  # 0.25 > 0.2
+    assert "**not met**" in text.split("same, first export (no hash cache)")[1].split("\n")[0]  # 2.0 > 1.5
+    assert "### Export vs `cp -r`" in text

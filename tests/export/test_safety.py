@@ -10,7 +10,7 @@ import pytest
 from helpers import make_mvtec, make_synth, read_rows
 from PIL import Image
 
-import anogen.export.common as common
+import anogen.export.writer as writer
 from anogen.errors import InputError
 from anogen.export import ExportConfig, export
 
@@ -148,29 +148,29 @@ def test_interrupted_export_resumes_to_the_clean_result(
     export([world["synth"]], ExportConfig(format=fmt, out=clean, data=world["data"], include_real_test=True))
 
     out = world["tmp"] / "crashy"
-    real_write = common.write_planned
+    real_write = writer.write_planned
     calls = {"n": 0}
 
-    def crash_after_five(pf, dst_root, link):
+    def crash_after_five(pf, dst_root, link, **kwargs):
         if calls["n"] == 5:
             # Leave a torn temp file behind like a killed process would, then die.
             (dst_root / pf.rel).parent.mkdir(parents=True, exist_ok=True)
             (dst_root / pf.rel).parent.joinpath(f".{Path(pf.rel).name}.999.tmp").write_bytes(b"\x89PNG half")
             raise KeyboardInterrupt
         calls["n"] += 1
-        return real_write(pf, dst_root, link)
+        return real_write(pf, dst_root, link, **kwargs)
 
-    monkeypatch.setattr(common, "write_planned", crash_after_five)
+    monkeypatch.setattr(writer, "write_planned", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         export([world["synth"]], ExportConfig(format=fmt, out=out, data=world["data"], include_real_test=True))
     assert not (out / "export.json").exists()
-    assert common.dir_state(out) == "partial"
+    assert writer.dir_state(out) == "partial"
     finished = [p for p in out.rglob("*.png") if not p.name.startswith(".")]
     assert len(finished) == 5
     for path in finished:  # every file at a final path is complete
         with Image.open(path) as img:
             img.load()
-    monkeypatch.setattr(common, "write_planned", real_write)
+    monkeypatch.setattr(writer, "write_planned", real_write)
 
     result = export([world["synth"]], ExportConfig(format=fmt, out=out, data=world["data"], include_real_test=True))
     assert result.status == "resumed" and result.reused == 5

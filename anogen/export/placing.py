@@ -1,0 +1,255 @@
+"""Placing the files of an export: reading each source once, copying/linking/converting, the journal, workers.
+
+:func:`write_planned` puts one planned file in place (the source's bytes as they are when they already are what
+the export would write, else a conversion); :class:`Converter` runs conversions in worker processes when many
+are left; :class:`Journal` records finished files for a resumed run. Every file goes through a temp name and a
+rename (:func:`anogen.io.write_bytes_replace`): a killed process never leaves a half-written file at a final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from anogen.errors import DataError
+from anogen.export.common import JOURNAL, ExportConfig, PlannedFile, image_target, render_image, render_mask
+from anogen.export.probe import Probe, SourceCache, linkable, probe
+from anogen.io import SCHEMA_VERSION, encode_png, write_bytes_replace
+
+logger = logging.getLogger(__name__)
+
+
+# Journal rows are appended (and flushed to the kernel) every this many files or seconds.
+CHECKPOINT_FILES = 1000
+CHECKPOINT_S = 2.0
+# Conversions go to worker processes only when at least this many files are left: starting one costs ~0.5 s.
+POOL_MIN_FILES = 256
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+class Written(NamedTuple):
+    """One file put in place: how, its size and sha256, and its ``stat`` (for the next run's no-op check)."""
+
+    placed: str
+    bytes: int
+    sha256: str
+    stat: os.stat_result
+
+
+
+def read_source(path: str, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        # Asking for one byte more than the file holds: a short read is the end, with no second call to see it.
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        chunks = [data]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+class Sources:
+    """stat, sha256 and probe of every source, each file read at most once (and not at all on a cache hit)."""
+
+    def __init__(self, cache: SourceCache) -> None:
+        self.cache = cache
+        self.stats: dict[str, os.stat_result] = {}
+        self.facts: dict[str, Probe] = {}
+
+    def stat(self, path: str) -> os.stat_result:
+        st = self.stats.get(path)
+        if st is None:
+            try:
+                st = self.stats[path] = os.stat(path)
+            except FileNotFoundError:
+                raise DataError(f"{path} is missing (a source of the export)", path=path) from None
+        return st
+
+    def get(self, path: str, need_binary: bool) -> tuple[Probe, bytes | None]:
+        """The facts of ``path`` and, when it had to be read now, its bytes."""
+        facts = self.facts.get(path)
+        if facts is not None and not (need_binary and facts.binary is None and facts.png and facts.png[2] == "L"):
+            return facts, None
+        st = self.stat(path)
+        facts = self.cache.get(path, st, need_binary)
+        if facts is not None:
+            self.facts[path] = facts
+            return facts, None
+        data = read_source(path, st.st_size)
+        facts = self.facts[path] = probe(data, need_binary=need_binary)
+        self.cache.put(path, st, facts)
+        return facts, data
+
+
+# ------------------------------------------------------------------------------------------ placing files
+
+
+def _tmp_path(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+
+
+def _convert(src: Path, dst: Path, role: str, size: tuple[int, int], mode: str) -> Written:
+    """Render ``src`` as the export writes it (mask: 0/255 nearest; image: ``mode`` bicubic) into ``dst``."""
+    data = encode_png(render_mask(src, size) if role == "mask" else render_image(src, size, mode))
+    st = write_bytes_replace(dst, data, tmp=_tmp_path(dst))
+    return Written("converted", len(data), hashlib.sha256(data).hexdigest(), st)
+
+
+def _convert_job(src: str, dst: str, role: str, size: tuple[int, int], mode: str) -> Written:
+    """:func:`_convert` in a worker process (plain arguments; the result's stat pickles as a tuple-like)."""
+    return _convert(Path(src), Path(dst), role, size, mode)
+
+
+def write_planned(
+    pf: PlannedFile, out: Path, link: str, *, data: bytes | None = None, facts: Probe | None = None
+) -> Written:
+    """Write one planned file under ``out``: placed as is (copy, hard link, symlink) when it needs no conversion.
+
+    ``data`` and ``facts`` are the source's bytes and probe when the caller has them already.
+    """
+    src = str(pf.src)
+    if facts is None:
+        if data is None:
+            data = read_source(src, os.stat(src).st_size)
+        facts = probe(data, need_binary=pf.role == "mask")
+    dst = out / pf.rel
+    if not linkable(facts, pf.role, pf.size, pf.mode):
+        return _convert(pf.src, dst, pf.role, pf.size or image_target(pf.src, None), pf.mode)
+    tmp = _tmp_path(dst)
+    if link == "hardlink":
+        try:
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+            st = os.stat(dst)
+            return Written("hardlink", st.st_size, facts.sha256, st)
+        except OSError as exc:
+            # EXDEV (another file system), EPERM (FAT, some network shares): a copy is always possible.
+            logger.info("hard link %s -> %s failed (%s); copying", src, dst, errno.errorcode.get(exc.errno, exc))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    elif link == "symlink":
+        try:
+            os.symlink(pf.src.resolve(), tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        st = os.stat(dst)
+        return Written("symlink", st.st_size, facts.sha256, st)
+    if data is None:
+        data = read_source(src, os.stat(src).st_size)
+    st = write_bytes_replace(dst, data, tmp=tmp)
+    return Written("copy", len(data), facts.sha256, st)
+
+
+class Journal:
+    """The journal of an export in progress: rows buffered and appended at checkpoints."""
+
+    def __init__(self, out: Path, fmt: str, fresh: bool) -> None:
+        path = out / JOURNAL
+        if fresh:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        new = not path.is_file() or path.stat().st_size == 0
+        self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        if new:
+            # The first line names the format, so another format's export can tell this folder is taken.
+            self.handle.write(json.dumps({"format": fmt, "schema_version": SCHEMA_VERSION}) + "\n")
+            self.handle.flush()
+        self.pending: list[str] = []
+        self.last = time.monotonic()
+
+    def add(self, row: dict[str, Any]) -> None:
+        # Spelled out (one row per file): the same JSON object json.dumps would write, several times faster.
+        self.pending.append(
+            f'{{"bytes": {int(row["bytes"])}, "fp": "{row["fp"]}", "placed": "{row["placed"]}", '
+            f'"rel": {_json_str(row["rel"])}, "sha256": "{row["sha256"]}"}}\n'
+        )
+        if len(self.pending) >= CHECKPOINT_FILES or time.monotonic() - self.last >= CHECKPOINT_S:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        # Rows only name files already renamed into place: a killed process loses at most the unflushed rows,
+        # whose files the rerun simply writes again.
+        if self.pending:
+            self.handle.write("".join(self.pending))
+            self.pending = []
+        self.handle.flush()
+        self.last = time.monotonic()
+
+    def close(self) -> None:
+        self.checkpoint()
+        self.handle.close()
+
+
+class Converter:
+    """Conversions inline, or in worker processes once there are enough files left to pay for starting them."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+        self.pending: dict[Future, tuple[PlannedFile, str]] = {}
+
+    def wants_pool(self, left: int) -> bool:
+        return self.pool is not None or (self.workers > 1 and left >= POOL_MIN_FILES)
+
+    def submit(self, pf: PlannedFile, out: Path, fp: str) -> list[tuple[PlannedFile, str, Written]]:
+        if self.pool is None:
+            import multiprocessing
+
+            # spawn: a forked child could inherit a lock held by another thread (the CLI's progress display).
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        size = pf.size or image_target(pf.src, None)
+        job = self.pool.submit(_convert_job, str(pf.src), str(out / pf.rel), pf.role, tuple(size), pf.mode)
+        self.pending[job] = (pf, fp)
+        return self.collect(block=len(self.pending) >= 4 * self.workers)
+
+    def collect(self, *, block: bool = False, everything: bool = False) -> list[tuple[PlannedFile, str, Written]]:
+        if not self.pending:
+            return []
+        if everything:
+            done = set(wait(list(self.pending)).done)
+        elif block:
+            done = set(wait(list(self.pending), return_when=FIRST_COMPLETED).done)
+        else:
+            done = {job for job in self.pending if job.done()}
+        finished = []
+        for job in done:
+            pf, fp = self.pending.pop(job)
+            finished.append((pf, fp, job.result()))
+        return finished
+
+    def abort(self) -> list[tuple[PlannedFile, str, Written]]:
+        """Stop: cancel what has not started, keep what finished (their files are complete)."""
+        if self.pool is None:
+            return []
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        finished = []
+        for job, (pf, fp) in list(self.pending.items()):
+            if job.done() and not job.cancelled() and job.exception() is None:
+                finished.append((pf, fp, job.result()))
+        self.pending.clear()
+        return finished
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def worker_count(config: ExportConfig) -> int:
+    if config.workers:
+        return config.workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

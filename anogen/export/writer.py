@@ -1,0 +1,504 @@
+"""Writing an export plan into its folder: fast, resumable, and recognisably one export of one format.
+
+Each source is read once: its bytes are hashed (the fingerprint of every output file, and the ``sha256`` of the
+export manifest), probed (:mod:`anogen.export.probe`) and, when they already are what the export would write,
+written as they are (or hard/sym-linked); only the others are converted, in worker processes when there are many.
+Every file goes to a temp name and is renamed into place, so a killed export never leaves a half-written file at a
+final path. A journal in the export root (``.anogen-export.journal.jsonl``, first line: the format) lists the files
+written, appended every :data:`CHECKPOINT_FILES` files; a rerun keeps the journaled files whose sha256 still
+matches and redoes the rest.
+
+Durability: files are not synced one by one. Before ``export.json`` (the mark of a complete export) is written,
+the file system is synced once, so after a power loss a folder with ``export.json`` holds every file complete. A
+folder without it was interrupted: files of the last moments may be empty or torn, and a rerun rewrites them.
+
+A re-export reads only the sources whose (size, mtime, inode) changed since the last run (the cache lives
+outside the export, :class:`anogen.export.probe.SourceCache`); an unchanged one is recognised from ``stat`` calls
+and does nothing.
+
+No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from anogen import __version__
+from anogen.errors import AnogenError, InputError
+from anogen.export.common import (
+    _LICENCES,
+    EXPORT_JSON,
+    EXPORT_MANIFEST,
+    JOURNAL,
+    NOTICE_FILE,
+    RENDER_VERSION,
+    ExportConfig,
+    ExportPlan,
+    GeneratedFile,
+    PlannedFile,
+    SynthSet,
+    notice_text,
+)
+from anogen.export.placing import Converter, Journal, Sources, Written, worker_count, write_planned
+from anogen.export.probe import SourceCache, cache_file, linkable
+from anogen.io import (
+    SCHEMA_VERSION,
+    fsync_dir,
+    sha256_file,
+    sync_filesystem,
+    write_bytes_replace,
+    write_json_atomic,
+)
+from anogen.progress import ProgressCallback, report
+
+logger = logging.getLogger(__name__)
+
+_PROGRESS_EVERY = 256
+# One encoder for every manifest row: json.dumps builds a new one per call.
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`run_plan` did."""
+
+    out: Path
+    format: str
+    status: Literal["written", "up_to_date", "resumed"]
+    files: int
+    written: int
+    reused: int
+    removed: int
+    counts: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+def dir_state(out: Path) -> Literal["missing", "empty", "ours", "partial", "foreign"]:
+    """Whether ``out`` is free, an export of ours (complete or interrupted), or someone else's folder."""
+    if not out.exists():
+        return "missing"
+    if not out.is_dir():
+        return "foreign"
+    if (out / EXPORT_JSON).is_file():
+        return "ours"
+    if (out / JOURNAL).is_file():
+        return "partial"
+    return "empty" if not any(out.iterdir()) else "foreign"
+
+
+def recorded_format(out: Path, state: str) -> str | None:
+    """The format of the export in ``out`` (from export.json, or the journal of an interrupted one); None: unknown."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if state == "ours":
+            return str(json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))["format"])
+        if state == "partial":
+            with open(out / JOURNAL, encoding="utf-8") as handle:
+                first = json.loads(handle.readline())
+            return str(first["format"]) if "rel" not in first else None
+    return None
+
+
+def _refuse_other_format(out: Path, state: str, fmt: str) -> None:
+    """One export tree per folder: a second format beside the first would leave two layouts mixed."""
+    found = recorded_format(out, state)
+    if found is None or found == fmt:
+        return
+    what = "an interrupted export" if state == "partial" else "an export"
+    raise InputError(
+        f"{out} holds {what} of format {found}; --format {fmt} would mix two layouts in one folder",
+        hint=f"export --format {fmt} into another --out, or update this one with --format {found} "
+        f"(delete {out} first to replace it; --force does not lift this)",
+    )
+
+
+def _read_journal(out: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    path = out / JOURNAL
+    if not path.is_file():
+        return done
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line: that file is simply redone
+            if isinstance(row, dict) and "rel" in row:
+                done[row["rel"]] = row
+    return done
+
+
+def _read_previous_manifest(out: Path) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    path = out / EXPORT_MANIFEST
+    if not path.is_file():
+        return rows
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            with contextlib.suppress(json.JSONDecodeError):
+                row = json.loads(line)
+                if isinstance(row, dict) and "path" in row:
+                    rows[row["path"]] = row
+    return rows
+
+
+def _still_there(out: Path, row: dict[str, Any]) -> bool:
+    path = out / row["rel" if "rel" in row else "path"]
+    try:
+        return path.stat().st_size == row.get("bytes")
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ the export
+
+
+def _config_record(config: ExportConfig, *drop: str) -> dict[str, Any]:
+    # ``force`` and ``workers`` say how this run was invoked, not what it made: a forced or parallel rebuild of the
+    # same inputs is byte-identical.
+    return {k: v for k, v in config.to_dict().items() if k not in ("force", "workers", *drop)}
+
+
+def _quick_key(plan: ExportPlan, config: ExportConfig, out: Path, sources: Sources) -> str:
+    """A digest of everything the export digest covers, with each source's (size, mtime, inode) for its sha256."""
+    digest = hashlib.sha256()
+    head = {"format": plan.format, "out": str(out), "config": _config_record(config, "out"), "render": RENDER_VERSION,
+            "generated": sorted(g.rel for g in plan.generated), "version": 1}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    lines = []
+    for pf in plan.files:
+        st = sources.stat(str(pf.src))
+        lines.append(f"{pf.rel}\t{pf.role}\t{pf.src}\t{pf.size}\t{pf.mode}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}")
+    for path in plan.depends:
+        st = sources.stat(str(path))
+        lines.append(f"depends\t{path}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}")
+    digest.update("\n".join(lines).encode())
+    return digest.hexdigest()
+
+
+def _outputs_unchanged(out: Path, recorded: Any) -> bool:
+    """Every file the last run wrote still has the size and mtime it had then."""
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    root = str(out)
+    try:
+        for rel, (size, mtime) in recorded.items():
+            st = os.stat(f"{root}/{rel}")
+            if st.st_size != size or st.st_mtime_ns != mtime:
+                return False
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _export_digest(plan: ExportPlan, config: ExportConfig, out: Path, fingerprints: dict[str, str],
+                   sources: Sources) -> str:
+    spec = {
+        "format": plan.format,
+        "out": str(out),
+        "config": _config_record(config, "out"),
+        "files": fingerprints,
+        "generated": sorted(g.rel for g in plan.generated),
+        "depends": sorted(sources.get(str(path), False)[0].sha256 for path in plan.depends),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def check_destination(config: ExportConfig, inputs: Sequence[SynthSet], fmt: str) -> tuple[Path, str]:
+    """Whether an export of format ``fmt`` may go into ``config.out``; returns the resolved folder and its state.
+
+    Raises:
+        InputError: ``out`` overlaps an input, is a file, a non-empty folder that is not an anogen export (without
+            ``force``), or an export of another format.
+    """
+    out = Path(config.out).resolve()
+    _refuse_overlap(out, config, inputs)
+    state = dir_state(out)
+    if state == "foreign" and out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    if state == "foreign" and not config.force:
+        raise InputError(
+            f"{out} is not empty and holds no anogen export ({EXPORT_JSON})",
+            hint="choose an empty or new folder, or pass --force to write into it anyway",
+        )
+    _refuse_other_format(out, state, fmt)
+    return out, state
+
+
+def run_plan(
+    plan: ExportPlan,
+    config: ExportConfig,
+    *,
+    inputs: Sequence[SynthSet],
+    progress: ProgressCallback | None = None,
+) -> ExportResult:
+    """Write ``plan`` into ``config.out``: idempotent, atomic per file, resumable after an interruption.
+
+    Raises:
+        InputError: ``out`` is a file, a non-empty folder that is not an anogen export (without ``force``), or an
+            export of another format.
+    """
+    out, state = check_destination(config, inputs, plan.format)
+    rels = [pf.rel for pf in plan.files] + [g.rel for g in plan.generated]
+    if len(set(rels)) != len(rels):
+        raise AnogenError("internal error: two export files share a path")
+    root = str(out)
+    for rel in rels:
+        # Defence in depth: every name was sanitised, but no planned path may leave the export root.
+        # normpath, not resolve: a symlinked export file legitimately points outside, its path does not.
+        target = os.path.normpath(f"{root}/{rel}")
+        if not target.startswith(root + os.sep) or target == root:
+            raise InputError(f"refusing to write outside {out}: {rel}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    cache = SourceCache(cache_file(out))
+    sources = Sources(cache)
+    quick = _quick_key(plan, config, out, sources)
+    total = len(plan.files)
+    if state == "ours" and not config.force:
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
+            last = cache.state
+            if (last.get("quick") == quick and record.get("digest") == last.get("digest")
+                    and _outputs_unchanged(out, last.get("outputs"))):
+                logger.info("%s is up to date (no input changed since the last run)", out)
+                files = int(record.get("files", len(last["outputs"])))
+                return ExportResult(out, plan.format, "up_to_date", files, 0, files, 0, plan.summary)
+
+    fingerprints: dict[str, str] = {}
+    digest = None
+    previous = _read_previous_manifest(out) if state in ("ours", "partial") else {}
+    if state == "ours" and not config.force:
+        # The up-to-date test needs every fingerprint before anything is written; sources are read (hashed) here
+        # only when the cache does not know them.
+        for index, pf in enumerate(plan.files):
+            facts, _ = sources.get(str(pf.src), pf.role == "mask")
+            fingerprints[pf.rel] = pf.fingerprint(facts.sha256, config.link)
+            if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == total:
+                report(progress, "hashing sources", index + 1, total)
+        digest = _export_digest(plan, config, out, fingerprints, sources)
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
+            if record.get("digest") == digest and all(_still_there(out, row) for row in previous.values()):
+                logger.info("%s is up to date", out)
+                _remember(cache, sources, quick, digest, out, [*previous])
+                return ExportResult(out, plan.format, "up_to_date", len(previous), 0, len(previous), 0, plan.summary)
+
+    journal_done = {} if config.force else _read_journal(out)
+    if state == "partial":
+        # After a power loss a journaled file may be empty or torn: keep only those whose bytes still match.
+        journal_done = {rel: row for rel, row in journal_done.items() if _intact(out, row)}
+    if not config.force:
+        # Files of a previous complete export count as done when their fingerprint still matches.
+        for rel, row in previous.items():
+            if "fingerprint" in row and rel not in journal_done:
+                journal_done[rel] = {"rel": rel, "fp": row["fingerprint"], "bytes": row.get("bytes"),
+                                     "sha256": row.get("sha256"), "placed": row.get("placed")}
+    resumed = state == "partial" and bool(journal_done)
+    written = reused = 0
+    rows: dict[str, dict[str, Any]] = {}
+    stats: dict[str, os.stat_result] = {}
+    journal = Journal(out, plan.format, fresh=config.force)
+    converter = Converter(worker_count(config))
+    made_dirs: set[str] = set()
+
+    def record_written(pf: PlannedFile, fp: str, result: Written) -> None:
+        nonlocal written
+        row = {"rel": pf.rel, "fp": fp, "bytes": result.bytes, "sha256": result.sha256, "placed": result.placed}
+        journal.add(row)
+        rows[pf.rel] = row
+        stats[pf.rel] = result.stat
+        written += 1
+
+    try:
+        # The journal exists before export.json goes, so the folder is always recognisably ours.
+        with contextlib.suppress(FileNotFoundError):
+            (out / EXPORT_JSON).unlink()
+        for index, pf in enumerate(plan.files):
+            src = str(pf.src)
+            facts, data = sources.get(src, pf.role == "mask")
+            fp = fingerprints.get(pf.rel) or pf.fingerprint(facts.sha256, config.link)
+            fingerprints[pf.rel] = fp
+            done = journal_done.get(pf.rel)
+            if done is not None and done.get("fp") == fp and _still_there(out, {"rel": pf.rel, **done}):
+                rows[pf.rel] = done
+                reused += 1
+            else:
+                parent = os.path.dirname(f"{root}/{pf.rel}")
+                if parent not in made_dirs:
+                    os.makedirs(parent, exist_ok=True)
+                    made_dirs.add(parent)
+                needs_conversion = not linkable(facts, pf.role, pf.size, pf.mode)
+                if needs_conversion and converter.wants_pool(total - index):
+                    for item in converter.submit(pf, out, fp):
+                        record_written(*item)
+                else:
+                    record_written(pf, fp, write_planned(pf, out, config.link, data=data, facts=facts))
+            if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == total:
+                for item in converter.collect():
+                    record_written(*item)
+                report(progress, f"export {plan.format}", index + 1, total)
+        for item in converter.collect(everything=True):
+            record_written(*item)
+    except BaseException:
+        for item in converter.abort():
+            record_written(*item)
+        journal.close()
+        raise
+    converter.close()
+
+    generated = [*plan.generated, GeneratedFile(NOTICE_FILE, lambda: notice_text(plan.categories, plan.format).encode(),
+                                                role="notice")]
+    gen_rows = []
+    for gen in generated:
+        content = gen.make()
+        stats[gen.rel] = write_bytes_replace(out / gen.rel, content)
+        gen_rows.append((gen, len(content), hashlib.sha256(content).hexdigest()))
+    removed = _remove_strays(out, plan, set(rels))
+    if digest is None:
+        digest = _export_digest(plan, config, out, fingerprints, sources)
+
+    manifest_lines = []
+    for pf in sorted(plan.files, key=lambda p: p.rel):
+        jr = rows[pf.rel]
+        facts = sources.facts[str(pf.src)]
+        manifest_lines.append(_ROW_ENCODER.encode({
+            "schema_version": SCHEMA_VERSION,
+            "path": pf.rel,
+            "role": pf.role,
+            "split": pf.split,
+            "label": pf.label,
+            "category": pf.category,
+            "defect": pf.defect,
+            "pair": pf.pair,
+            "source": {**pf.provenance.to_dict(), "sha256": facts.sha256},
+            "bytes": jr["bytes"],
+            "sha256": jr["sha256"],
+            "placed": jr.get("placed"),
+            "fingerprint": fingerprints[pf.rel],
+        }))
+    for gen, size, sha in sorted(gen_rows, key=lambda g: g[0].rel):
+        manifest_lines.append(json.dumps({"schema_version": SCHEMA_VERSION, "path": gen.rel, "role": gen.role,
+                                          "source": {"kind": "generated"}, "bytes": size, "sha256": sha},
+                                         sort_keys=True))
+    stats[EXPORT_MANIFEST] = write_bytes_replace(out / EXPORT_MANIFEST, ("\n".join(manifest_lines) + "\n").encode())
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "anogen_version": __version__,
+        "format": plan.format,
+        "digest": digest,
+        "config": _config_record(config),
+        "notice": NOTICE_FILE,
+        "manifest": EXPORT_MANIFEST,
+        "files": len(manifest_lines),
+        "counts": plan.summary,
+        "categories": [
+            {
+                "name": c.name,
+                "source_name": c.source_name,
+                "dataset_format": c.dataset_format,
+                "data_root": c.data_root,
+                "image_size": list(c.target_size) if c.target_size else None,
+                "grayscale": c.grayscale,
+                "licence": _LICENCES.get(c.dataset_format, _LICENCES["folder"])[1],
+            }
+            for c in plan.categories
+        ],
+        "inputs": [
+            {
+                "synth_dir": str(s.folder),
+                "category": s.category,
+                "defect": s.defect,
+                "adapter_sha256": (s.run.get("adapter") or {}).get("sha256")
+                if isinstance(s.run.get("adapter"), dict)
+                else None,
+                "seed": s.run.get("seed"),
+                "accepted_exported": len(s.samples),
+            }
+            for s in inputs
+        ],
+    }
+    journal.close()
+    # One sync for the whole export instead of one per file; export.json, last, marks it complete and durable.
+    sync_filesystem(out)
+    write_json_atomic(out / EXPORT_JSON, record)
+    with contextlib.suppress(FileNotFoundError):
+        (out / JOURNAL).unlink()
+    fsync_dir(out)
+    _remember(cache, sources, quick, digest, out, list(stats), stats)
+    cache.save(keep=set(sources.stats))
+    status: Literal["written", "resumed"] = "resumed" if resumed else "written"
+    return ExportResult(out, plan.format, status, len(manifest_lines), written, reused, removed, plan.summary)
+
+
+def _intact(out: Path, row: dict[str, Any]) -> bool:
+    try:
+        return sha256_file(out / row["rel"]) == row.get("sha256")
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _remember(cache: SourceCache, sources: Sources, quick: str, digest: str, out: Path, rels: list[str],
+              stats: dict[str, os.stat_result] | None = None) -> None:
+    """Record this run's state for the next run's no-op check (stat what was not just written)."""
+    outputs = {}
+    root = str(out)
+    for rel in [*rels, EXPORT_MANIFEST]:
+        st = (stats or {}).get(rel)
+        if st is None:
+            try:
+                st = os.stat(f"{root}/{rel}")
+            except OSError:
+                return
+        outputs[rel] = [st.st_size, st.st_mtime_ns]
+    newest = max((st.st_mtime_ns for st in sources.stats.values()), default=0)
+    # A source changed within the clock's granularity of this run could keep its size and mtime: let the next run
+    # take the hashing way (the same rule as the cache's entries).
+    cache.state = {"quick": quick, "digest": digest, "outputs": outputs} if not cache.is_racy(newest) else {}
+    cache.changed = True
+    if stats is None:
+        cache.save()
+
+
+def _refuse_overlap(out: Path, config: ExportConfig, inputs: Sequence[SynthSet]) -> None:
+    """Never export into (or around) the data being read: cleaning the export's folders would delete it."""
+    sources = [Path(config.data).resolve()] if config.data is not None else []
+    sources += [s.folder for s in inputs]
+    for source in sources:
+        if out == source or out in source.parents or source in out.parents:
+            raise InputError(
+                f"--out {out} overlaps an input ({source})",
+                hint="export into a separate folder; --force does not lift this",
+            )
+
+
+def _remove_strays(out: Path, plan: ExportPlan, keep: set[str]) -> int:
+    """Delete files under the export's own folders that the plan does not hold (older exports, temp files)."""
+    removed = 0
+    root = str(out)
+    for root_rel in plan.roots:
+        top = f"{root}/{root_rel}"
+        if not os.path.isdir(top) or os.path.islink(top):
+            continue
+        for folder, dirs, files in os.walk(top, topdown=False):
+            rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                if f"{rel_folder}/{name}" not in keep:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+            with contextlib.suppress(OSError):
+                if not os.listdir(folder):
+                    os.rmdir(folder)
+    return removed
