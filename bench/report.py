@@ -333,6 +333,10 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
             lines += _speed_section(title, parts[name])
     if "quality" in parts:
         lines += _quality_section(parts["quality"])
+    if "threads" in parts:
+        from bench.threads import section as threads_section
+
+        lines += threads_section(parts["threads"])
     lines += ["## What is measured", "",
               "- **synth vs pipeline**: anogen's `sample_pairs` (text encoding, joint denoising of P pairs, VAE "
               "decoding, uint8) against diffusers' `StableDiffusionPipeline` on the same UNet / VAE / text encoder "
@@ -361,6 +365,7 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               "```", "python -m bench            # everything (about an hour on 2 shared cores)",
               "python -m bench --quick    # plumbing check (10-15 min on 2 loaded cores, mostly process start-ups)",
               "python -m bench --parts quality --quality-backbone toy",
+              "python -m bench --parts threads   # thread policy vs torch's default (about 25 min on 2 cores)",
               "python -m bench --render   # rewrite this file from docs/benchmarks.json",
               "```", "",
               "Not part of CI. `--parts` reruns some parts and keeps the others' last figures (each part is dated).",

@@ -6,7 +6,9 @@ Parts (``--parts``, all by default):
 * ``sd15``: the same ratios at SD-1.5 size (the published UNet / VAE / CLIP-L configs, random weights): on a CPU
   for one denoising step at 256 px, with a projection to the preset's 30 steps; on a GPU the full setting;
 * ``quality``: toy data -> prior -> fit -> synth with SAIM and with ``coupling none``, alignment IoU, the
-  ``anogen eval`` table, and export vs a plain copy.
+  ``anogen eval`` table, and export vs a plain copy;
+* ``threads``: a toy fit step and synth batch alone and beside busy processes, and two-process ``accelerate``
+  fitting, under anogen's thread policy and torch's default (bench/threads.py).
 
 Every measurement runs in its own process (peak memory per measurement); contestants are timed interleaved
 (A, B, A, B, ...) and summarised by their medians. Raw results go to docs/benchmarks.json; a run of some parts
@@ -36,7 +38,7 @@ from bench.report import render  # noqa: E402
 
 logger = logging.getLogger("bench")
 
-PARTS = ("toy", "sd15", "quality")
+PARTS = ("toy", "sd15", "quality", "threads")
 
 
 def settings(quick: bool, gpu: bool) -> dict[str, dict[str, Any]]:
@@ -135,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bench: {part} ...", file=sys.stderr, flush=True)
         if part in ("toy", "sd15"):
             data = _speed_part(config[part], args.threads)
+        elif part == "threads":
+            from bench.threads import run as run_threads
+
+            data = run_threads(args.quick, work / "threads")
         else:
             quality_args = {**config["quality"], "work": str(work / "quality"), "backbone": args.quality_backbone}
             if args.quality_fit_steps:
