@@ -289,7 +289,9 @@ def apply_thread_policy(requested: int | None = None, env: MutableMapping[str, s
     global _applied
     env = os.environ if env is None else env
     policy = current_policy(requested, env)
-    if policy.source != "OMP_NUM_THREADS":
+    if policy.source != "OMP_NUM_THREADS" or env.get("OMP_NUM_THREADS", "").split(",")[0] != str(policy.threads):
+        # Ours (or a launcher's value capped): marked, so that a child process recomputes its own share. A user's
+        # value kept as it is stays unmarked, and children respect it too.
         env["OMP_NUM_THREADS"] = str(policy.threads)
         env[ENV_EXPORTED] = str(policy.threads)
     for name in BLAS_VARS:

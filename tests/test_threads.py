@@ -221,3 +221,19 @@ def test_bad_thread_settings_exit_2_with_one_line():
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert var.returncode == 2 and "ANOGEN_THREADS must be a whole number" in var.stderr
     assert "Traceback" not in var.stderr
+
+
+def test_apply_exports_the_decision_for_child_processes_and_keeps_a_users_value(monkeypatch):
+    import anogen.threads as threads
+
+    monkeypatch.setattr(threads, "read_affinity", lambda: 4)
+    monkeypatch.setattr(threads, "read_cpu_quota", lambda: None)
+    monkeypatch.setattr(threads, "configure_torch", lambda policy: None)
+    monkeypatch.setattr(threads, "_install_import_hook", lambda: None)
+    env: dict[str, str] = {"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "8"}  # a launcher's value, over the share
+    policy = threads.apply_thread_policy(env=env)
+    assert policy.threads == 2 and env["OMP_NUM_THREADS"] == "2" and env[ENV_EXPORTED] == "2"
+    assert env["MKL_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    users = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
+    assert threads.apply_thread_policy(env=users).threads == 3
+    assert users["OMP_NUM_THREADS"] == "3" and ENV_EXPORTED not in users and users["OMP_WAIT_POLICY"] == "ACTIVE"
