@@ -365,7 +365,7 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               "```", "python -m bench            # everything (about an hour on 2 shared cores)",
               "python -m bench --quick    # plumbing check (10-15 min on 2 loaded cores, mostly process start-ups)",
               "python -m bench --parts quality --quality-backbone toy",
-              "python -m bench --parts threads   # thread policy vs torch's default (about 25 min on 2 cores)",
+              "python -m bench --parts threads   # thread policy vs torch's default (30-45 min on 2 cores)",
               "python -m bench --render   # rewrite this file from docs/benchmarks.json",
               "```", "",
               "Not part of CI. `--parts` reruns some parts and keeps the others' last figures (each part is dated).",

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.is_available()
     config = settings(args.quick, gpu)
     results: dict[str, Any] = {"schema_version": 1, "quick": args.quick, "parts": dict(previous.get("parts", {})),
-                               "notes": args.note if args.note is not None else previous.get("notes", [])}
+                               "notes": args.note if args.note is not None else previous.get("notes", []),
+                               "machine": previous.get("machine")}
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="anogen-bench-"))
     for part in parts:
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(render(results, threads=args.threads))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    if parts or "machine" not in results:
+    # The header describes the machine of the earlier parts until every one of them has been rerun here (each
+    # part also records its own machine).
+    if not results.get("machine") or set(previous.get("parts", {})) <= set(parts):
         results["machine"] = machine()
     results["seconds_this_run"] = round(time.perf_counter() - started, 1)
     results_path.write_text(json.dumps(results, indent=1))

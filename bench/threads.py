@@ -284,13 +284,19 @@ def goals(part: dict[str, Any]) -> list[tuple[str, float | None, str, bool | Non
 
 def section(part: dict[str, Any]) -> list[str]:
     """The Markdown section of docs/benchmarks.md."""
+    cpu = (part.get("machine") or {}).get("cpu", "?")
+    load = (part.get("load_average_before") or [0])[0]
+    busy_machine = (" **The load average was above the core count: other jobs' load swung single figures by "
+                    "2-5x between minutes, so compare settings within a row, and read a verdict from one such run "
+                    "as an indication, not a proof.**" if load > (part.get("cores") or 1) else "")
     lines = ["## CPU threads on a shared machine", "",
-             f"Measured {part.get('measured_at', '?')}, load average before / after "
+             f"Measured {part.get('measured_at', '?')} on {cpu}, load average before / after "
              f"{part.get('load_average_before')} / {part.get('load_average_after')}; {part.get('cores')} cores "
-             f"({part.get('affinity')} in the affinity mask). The machine was shared with other work, so *alone* "
-             "is not quite alone; on a quiet machine rerun `python -m bench --parts threads` (about 25 minutes "
-             "on 2 cores). Settings: `torch` = torch's defaults, `anogen` = the thread policy (what every command "
-             "applies), `anogen-spin` = the policy's threads with OpenMP's default spinning wait, `one-thread` = "
+             f"({part.get('affinity')} in the affinity mask), {part.get('seconds', '?')} s. The machine was shared "
+             "with other work, so *alone* is not quite alone; on a quiet machine rerun "
+             f"`python -m bench --parts threads` (about 30-45 minutes on 2 cores).{busy_machine} Settings: "
+             "`torch` = torch's defaults, `anogen` = the thread policy (what every command applies), "
+             "`anogen-spin` = the policy's threads with OpenMP's default spinning wait, `one-thread` = "
              "`ANOGEN_THREADS=1`. Busy neighbours: torch matmul loops with torch's default threads.", "",
              "| goal | measured | goal | verdict |", "| --- | --- | --- | --- |"]
     for name, value, text, met in goals(part):
