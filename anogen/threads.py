@@ -154,7 +154,8 @@ def decide(
     elif users_omp and _positive_int(omp.split(",")[0]) is not None:
         # OMP_NUM_THREADS may be a list for nested levels ("4,2"); the first is the outer level torch uses.
         threads = _positive_int(omp.split(",")[0]) or 1
-        source, reason = "OMP_NUM_THREADS", f"OMP_NUM_THREADS={omp} set by the user (respected)"
+        setter = "the user or the launcher" if local > 1 else "the user"
+        source, reason = "OMP_NUM_THREADS", f"OMP_NUM_THREADS={omp} set by {setter} (respected)"
         share = max(1, usable // local)
         if local > 1 and threads > share:
             # Under a launcher the variable is usually the launcher's, not the user's: accelerate sets it for every
