@@ -8,6 +8,8 @@ Parts (``--parts``, all by default):
 * ``quality``: toy data -> prior -> fit -> synth with SAIM and with ``coupling none``, alignment IoU, the
   ``anogen eval`` table, and export vs a plain copy;
 * ``export``: ``anogen export`` of 10,000 synthetic samples against ``cp -r`` of the same files (bench/export.py).
+* ``threads``: a toy fit step and synth batch alone and beside busy processes, and two-process ``accelerate``
+  fitting, under anogen's thread policy and torch's default (bench/threads.py).
 
 Every measurement runs in its own process (peak memory per measurement); contestants are timed interleaved
 (A, B, A, B, ...) and summarised by their medians. Raw results go to docs/benchmarks.json; a run of some parts
@@ -37,7 +39,7 @@ from bench.report import render  # noqa: E402
 
 logger = logging.getLogger("bench")
 
-PARTS = ("toy", "sd15", "quality", "export")
+PARTS = ("toy", "sd15", "quality", "export", "threads")
 
 
 def settings(quick: bool, gpu: bool) -> dict[str, dict[str, Any]]:
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.is_available()
     config = settings(args.quick, gpu)
     results: dict[str, Any] = {"schema_version": 1, "quick": args.quick, "parts": dict(previous.get("parts", {})),
-                               "notes": args.note if args.note is not None else previous.get("notes", [])}
+                               "notes": args.note if args.note is not None else previous.get("notes", []),
+                               "machine": previous.get("machine")}
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="anogen-bench-"))
     for part in parts:
@@ -142,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
             export_args = {**config["export"], "work": str(work / "export")}
             data = run_worker("export", export_args, threads=1)
             data["settings"] = export_args
+        elif part == "threads":
+            from bench.threads import run as run_threads
+
+            data = run_threads(args.quick, work / "threads")
         else:
             quality_args = {**config["quality"], "work": str(work / "quality"), "backbone": args.quality_backbone}
             if args.quality_fit_steps:
@@ -160,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(render(results, threads=args.threads))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    if parts or "machine" not in results:
+    # The header describes the machine of the earlier parts until every one of them has been rerun here (each
+    # part also records its own machine).
+    if not results.get("machine") or set(previous.get("parts", {})) <= set(parts):
         results["machine"] = machine()
     results["seconds_this_run"] = round(time.perf_counter() - started, 1)
     results_path.write_text(json.dumps(results, indent=1))

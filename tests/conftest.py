@@ -24,3 +24,20 @@ def tiny_backbone():
     from anogen.model.backbone import build_tiny
 
     return build_tiny(seed=0)
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "ANOGEN_THREADS_EXPORTED", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "OMP_WAIT_POLICY")
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_variables():
+    """CLI tests run the root command in this process, which exports the thread policy's variables: keep them
+    from leaking into later tests' subprocesses."""
+    before = {name: os.environ.get(name) for name in _THREAD_VARS}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

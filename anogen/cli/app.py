@@ -92,8 +92,21 @@ def _root(
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for torch (default: the cores this process may use - affinity and cgroup quota - "
+            "shared by the processes launched together; ANOGEN_THREADS, then OMP_NUM_THREADS, if set).",
+        ),
+    ] = None,
 ) -> None:
     ctx.obj = {"debug": debug}
+    from anogen.threads import apply_thread_policy
+
+    # Here, before any command imports torch: the OpenMP runtime reads its variables once, when torch loads.
+    ctx.obj["threads"] = apply_thread_policy(threads)
 
 
 app.command("env", help=env_cmd.__doc__, epilog=env_cmd.EPILOG)(env_cmd.env)

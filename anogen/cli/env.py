@@ -28,7 +28,9 @@ def collect_env() -> dict[str, object]:
     info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     mps = getattr(torch.backends, "mps", None)
     info["mps_available"] = bool(mps and mps.is_available())
+    info.update(thread_info())
     info["cpu_threads"] = torch.get_num_threads()
+    info["interop_threads"] = torch.get_num_interop_threads()
     from huggingface_hub import constants
 
     info["hf_cache"] = str(constants.HF_HUB_CACHE)
@@ -38,6 +40,24 @@ def collect_env() -> dict[str, object]:
 
     info["toy_backbone"] = str(TOY_DIR) if (TOY_DIR / "model_index.json").is_file() else None
     return info
+
+
+def thread_info() -> dict[str, object]:
+    """The thread policy in force (applied by the root command) and the facts it was decided from."""
+    from anogen.threads import applied_policy, current_policy
+
+    policy = applied_policy() or current_policy()
+    return {
+        "cores_seen": policy.cpu_count,
+        "affinity_cores": policy.affinity,
+        "cpu_quota": policy.quota,
+        "usable_cores": policy.usable_cores,
+        "local_world_size": policy.local_world_size,
+        "threads_chosen": policy.threads,
+        "threads_source": policy.source,
+        "threads_reason": policy.reason,
+        "omp_wait_policy": f"{policy.wait_policy or 'runtime default'} ({policy.wait_source})",
+    }
 
 
 def env(json_output: JsonOpt = False) -> None:

@@ -1,0 +1,239 @@
+"""The thread policy (anogen/threads.py): the pure decision, the cgroup readers, applying it, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anogen.errors import InputError
+from anogen.threads import ENV_EXPORTED, decide, read_cpu_quota, usable_cores
+
+ROOT = Path(__file__).resolve().parents[1]
+THREAD_VARS = ("OMP_NUM_THREADS", "ANOGEN_THREADS", ENV_EXPORTED, "LOCAL_WORLD_SIZE", "OMP_WAIT_POLICY",
+               "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# ------------------------------------------------------------------------------------------- the decision
+
+
+def test_quota_of_one_and_a_half_cpus_on_four_cores_gives_one_thread():
+    policy = decide(affinity=4, quota=1.5, env={})
+    assert (policy.threads, policy.interop_threads, policy.source) == (1, 1, "auto")
+    assert policy.usable_cores == 1 and "quota 1.5" in policy.reason
+
+
+def test_two_local_processes_on_two_cores_get_one_thread_each():
+    policy = decide(affinity=2, quota=None, env={"LOCAL_WORLD_SIZE": "2"})
+    assert (policy.threads, policy.local_world_size) == (1, 2)
+    assert "2 local processes" in policy.reason
+    # and alone on the same cores: both
+    assert decide(affinity=2, quota=None, env={}).threads == 2
+
+
+def test_the_launchers_of_mpi_count_as_local_processes():
+    assert decide(affinity=8, quota=None, env={"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}).threads == 2
+    assert decide(affinity=8, quota=None, env={"MPI_LOCALNRANKS": "3"}).threads == 2
+
+
+def test_a_users_omp_num_threads_is_respected():
+    policy = decide(affinity=2, quota=None, env={"OMP_NUM_THREADS": "3"})
+    assert (policy.threads, policy.source) == (3, "OMP_NUM_THREADS")
+    # a list for nested levels: the outer one
+    assert decide(affinity=8, quota=None, env={"OMP_NUM_THREADS": "4,2"}).threads == 4
+
+
+def test_threads_flag_wins_over_everything():
+    env = {"OMP_NUM_THREADS": "3", "ANOGEN_THREADS": "5", "LOCAL_WORLD_SIZE": "2"}
+    policy = decide(affinity=2, quota=1.0, env=env, requested=4)
+    assert (policy.threads, policy.interop_threads, policy.source) == (4, 4, "--threads")
+
+
+def test_anogen_threads_wins_over_omp_num_threads():
+    policy = decide(affinity=2, quota=None, env={"OMP_NUM_THREADS": "3", "ANOGEN_THREADS": "5"})
+    assert (policy.threads, policy.source) == (5, "ANOGEN_THREADS")
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
+def test_bad_anogen_threads_is_an_input_error(bad):
+    with pytest.raises(InputError, match="ANOGEN_THREADS must be a whole number"):
+        decide(affinity=2, quota=None, env={"ANOGEN_THREADS": bad})
+
+
+@pytest.mark.parametrize("bad", [0, -1, True])
+def test_bad_threads_flag_is_an_input_error(bad):
+    with pytest.raises(InputError, match="--threads"):
+        decide(affinity=2, quota=None, env={}, requested=bad)
+
+
+def test_an_omp_num_threads_anogen_exported_is_not_the_users():
+    # A child of an anogen process inherits OMP_NUM_THREADS=2 with the marker; launched as one of two local
+    # processes it must recompute its share instead of keeping the parent's whole-machine count.
+    env = {"OMP_NUM_THREADS": "2", ENV_EXPORTED: "2", "LOCAL_WORLD_SIZE": "2"}
+    policy = decide(affinity=2, quota=None, env=env)
+    assert (policy.threads, policy.source) == (1, "auto")
+
+
+def test_a_launchers_omp_num_threads_is_capped_at_the_processs_share():
+    # accelerate sets OMP_NUM_THREADS from the physical core count, blind to a container's quota
+    policy = decide(affinity=16, quota=4.0, env={"OMP_NUM_THREADS": "8", "LOCAL_WORLD_SIZE": "2"})
+    assert (policy.threads, policy.source) == (2, "OMP_NUM_THREADS") and "capped" in policy.reason
+    # within the share it is kept as it is
+    assert decide(affinity=16, quota=4.0, env={"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "2"}).threads == 1
+
+
+def test_a_non_numeric_omp_num_threads_is_ignored_with_a_reason():
+    policy = decide(affinity=2, quota=None, env={"OMP_NUM_THREADS": "many"})
+    assert (policy.threads, policy.source) == (2, "auto") and "ignored" in policy.reason
+
+
+def test_usable_cores_takes_the_tighter_of_affinity_and_quota():
+    assert usable_cores(8, 2.9) == 2
+    assert usable_cores(2, 6.0) == 2
+    assert usable_cores(4, 0.5) == 1  # half a CPU still runs one thread
+    assert usable_cores(None, None, cpu_count=6) == 6  # no affinity API (macOS): the machine's count
+
+
+def test_wait_policy_is_passive_by_default_and_the_users_when_set():
+    assert decide(affinity=2, quota=None, env={}).wait_policy == "PASSIVE"
+    active = decide(affinity=2, quota=None, env={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert (active.wait_policy, active.wait_source) == ("ACTIVE", "user")
+    spin = decide(affinity=2, quota=None, env={"GOMP_SPINCOUNT": "10000"})
+    assert (spin.wait_policy, spin.wait_source) == (None, "user")
+
+
+# -------------------------------------------------------------------------------------- cgroup quota files
+
+
+def _tree(tmp_path: Path, files: dict[str, str], self_cgroup: str) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    root.mkdir(exist_ok=True)
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(self_cgroup)
+    return root, proc
+
+
+def test_cgroup_v2_quota_is_read_from_cpu_max(tmp_path):
+    root, proc = _tree(tmp_path, {"cpu.max": "150000 100000\n"}, "0::/\n")
+    assert read_cpu_quota(root, proc) == pytest.approx(1.5)
+
+
+def test_cgroup_v2_unlimited_is_none(tmp_path):
+    root, proc = _tree(tmp_path, {"cpu.max": "max 100000\n"}, "0::/\n")
+    assert read_cpu_quota(root, proc) is None
+
+
+def test_cgroup_v2_a_parents_tighter_limit_binds_the_child(tmp_path):
+    files = {"cpu.max": "max 100000", "ci/cpu.max": "200000 100000", "ci/job/cpu.max": "max 100000"}
+    root, proc = _tree(tmp_path, files, "0::/ci/job\n")
+    assert read_cpu_quota(root, proc) == pytest.approx(2.0)
+
+
+def test_cgroup_v1_quota_and_period(tmp_path):
+    files = {"cpu,cpuacct/cpu.cfs_quota_us": "50000", "cpu,cpuacct/cpu.cfs_period_us": "100000",
+             "memory/memory.limit_in_bytes": "1"}
+    root, proc = _tree(tmp_path, files, "4:memory:/\n3:cpu,cpuacct:/\n")
+    assert read_cpu_quota(root, proc) == pytest.approx(0.5)
+
+
+def test_cgroup_v1_minus_one_is_unlimited(tmp_path):
+    files = {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}
+    root, proc = _tree(tmp_path, files, "2:cpu:/\n")
+    assert read_cpu_quota(root, proc) is None
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    root, proc = _tree(tmp_path, {}, "")
+    assert read_cpu_quota(root, proc) is None
+
+
+# ------------------------------------------------------------------------------------------ in a process
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def test_applied_before_torch_loads_torch_gets_the_threads_on_its_first_import():
+    # OMP_NUM_THREADS is changed after the policy was applied, so torch can only end up with 3 intra- and
+    # inter-op threads (torch's default inter-op count is the core count) if the import hook set them.
+    code = ("import os, sys\n"
+            "from anogen.threads import apply_thread_policy\n"
+            "policy = apply_thread_policy()\n"
+            "assert 'torch' not in sys.modules\n"
+            "exported = (os.environ['OMP_NUM_THREADS'], os.environ['OMP_WAIT_POLICY'])\n"
+            "os.environ['OMP_NUM_THREADS'] = '1'\n"
+            "import torch\n"
+            "print(policy.threads, torch.get_num_threads(), torch.get_num_interop_threads(), *exported)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(ANOGEN_THREADS="3"), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "3", "3", "3", "PASSIVE"]
+
+
+def test_applied_after_torch_loaded_it_sets_the_threads_at_once():
+    code = ("import torch\n"
+            "from anogen.threads import apply_thread_policy\n"
+            "apply_thread_policy(requested=3)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3"]
+
+
+def _anogen_env(args: list[str], prefix: list[str] | None = None, **extra: str) -> dict:
+    cmd = [*(prefix or []), sys.executable, "-m", "anogen", *args, "env", "--json"]
+    out = subprocess.run(cmd, env=_env(**extra), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_env_under_taskset_to_one_core_reports_one_thread():
+    info = _anogen_env([], prefix=["taskset", "-c", "0"])
+    assert info["affinity_cores"] == 1
+    assert (info["threads_chosen"], info["threads_source"]) == (1, "auto")
+    assert info["cpu_threads"] == 1 and info["interop_threads"] == 1
+
+
+def test_threads_option_reaches_torch_and_env_says_why():
+    info = _anogen_env(["--threads", "3"], OMP_NUM_THREADS="1")
+    assert (info["threads_chosen"], info["threads_source"], info["threads_reason"]) == (3, "--threads", "--threads 3")
+    assert info["cpu_threads"] == 3 and info["interop_threads"] == 3
+    assert info["omp_wait_policy"] == "PASSIVE (anogen default)"
+
+
+def test_bad_thread_settings_exit_2_with_one_line():
+    flag = subprocess.run([sys.executable, "-m", "anogen", "--threads", "0", "env"], env=_env(), capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert flag.returncode == 2 and "--threads" in flag.stderr
+    var = subprocess.run([sys.executable, "-m", "anogen", "env"], env=_env(ANOGEN_THREADS="lots"),
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert var.returncode == 2 and "ANOGEN_THREADS must be a whole number" in var.stderr
+    assert "Traceback" not in var.stderr
+
+
+def test_apply_exports_the_decision_for_child_processes_and_keeps_a_users_value(monkeypatch):
+    import anogen.threads as threads
+
+    monkeypatch.setattr(threads, "read_affinity", lambda: 4)
+    monkeypatch.setattr(threads, "read_cpu_quota", lambda: None)
+    monkeypatch.setattr(threads, "configure_torch", lambda policy: None)
+    monkeypatch.setattr(threads, "_install_import_hook", lambda: None)
+    env: dict[str, str] = {"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "8"}  # a launcher's value, over the share
+    policy = threads.apply_thread_policy(env=env)
+    assert policy.threads == 2 and env["OMP_NUM_THREADS"] == "2" and env[ENV_EXPORTED] == "2"
+    assert env["MKL_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    users = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
+    assert threads.apply_thread_policy(env=users).threads == 3
+    assert users["OMP_NUM_THREADS"] == "3" and ENV_EXPORTED not in users and users["OMP_WAIT_POLICY"] == "ACTIVE"
