@@ -169,6 +169,16 @@ def measure_seed(backbone: Any, kind: str, seed: int, config: VerifyConfig) -> d
     result["alignment_iou_spearman"] = float(spearmanr(aligns_arr, ious).statistic)
     result["checks"] = {k: {"min": float(np.nanmin(v)), "median": float(np.nanmedian(v)), "max": float(np.nanmax(v))}
                         for k, v in checks.items()}
+    c = {k: np.asarray(v, dtype=np.float64) for k, v in checks.items()}
+    result["rates"] = {
+        "correct_pass": float(np.mean((c["correct_alignment"] >= config.alignment_min)
+                                      & (c["correct_background"] <= config.background_max))),
+        "moved_misaligned": float(np.mean(c["moved_alignment"] < config.alignment_min)),
+        "absent_misaligned": float(np.mean(c["absent_alignment"] < config.alignment_min)),
+        "pasted_background": float(np.mean(c["pasted_background"] > config.background_max)),
+        "shot_copy": float(np.mean(c["copy_shot"] < config.copy_min)),
+        "other_not_copy": float(np.mean(c["copy_other"] >= config.copy_min)),
+    }
     return result
 
 
