@@ -14,7 +14,9 @@ from anogen.errors import InputError
 Mode = Literal["reject", "score", "off"]
 MODES: tuple[str, ...] = ("reject", "score", "off")
 # The fields that change what the normal model holds; the cache is keyed on them (the others act at query time).
-MODEL_FIELDS: tuple[str, ...] = ("feature_blocks", "feature_pool", "coreset_ratio", "bank_max", "holdout", "seed")
+MODEL_FIELDS: tuple[str, ...] = (
+    "feature_blocks", "feature_pool", "position_weight", "coreset_ratio", "bank_max", "holdout", "seed"
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class VerifyConfig:
             are the features; negative indices count from the deepest. -2 is the last block that downsamples:
             its output has the latent's resolution in SD-1.x VAEs (the deepest block does not downsample).
         feature_pool (`int`, defaults to 1): side of the local average over feature cells (PatchCore uses 3).
+        position_weight (`float`, defaults to 0.5): weight of each cell's place in the image, appended to its
+            features as two coordinates (0-1) times this weight times the features' spread (the root mean square
+            distance of the normals' cells to their mean). A piece of the object where normals show background
+            then scores high; textures, whose normals look alike everywhere, are not hurt (measured: docs/verify.md).
+            0 makes the bank position-free, as PatchCore is.
         coreset_ratio (`float`, defaults to 0.1): fraction of the normals' feature cells kept in the memory bank
             (greedy k-centre coreset); 1.0 keeps all.
         bank_max (`int`, defaults to 16384): most cells kept, whatever the ratio (bounds memory and time at 512 px).
@@ -64,6 +71,7 @@ class VerifyConfig:
     mode: Mode = "reject"
     feature_blocks: tuple[int, ...] = (-2,)
     feature_pool: int = 1
+    position_weight: float = 0.5
     coreset_ratio: float = 0.1
     bank_max: int = 16384
     holdout: float = 0.2
@@ -98,7 +106,7 @@ class VerifyConfig:
             raise InputError(f"verify holdout must lie in (0, 1), got {self.holdout}")
         if not 0.0 < self.scale_quantile <= 1.0:
             raise InputError(f"verify scale_quantile must lie in (0, 1], got {self.scale_quantile}")
-        for name in ("blur_sigma", "alignment_band", "background_margin", "copy_blur"):
+        for name in ("position_weight", "blur_sigma", "alignment_band", "background_margin", "copy_blur"):
             if getattr(self, name) < 0:
                 raise InputError(f"verify {name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.copy_size < 8 or self.copy_max_shift < 0:

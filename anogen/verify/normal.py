@@ -49,6 +49,7 @@ class NormalModel:
         blocks (`list[int]`): the encoder blocks the features come from (non-negative indices).
         resolution (`int`): image side the model expects (images are the synth output's size).
         stride (`int`): pixels per feature cell (the anomaly map's own resolution).
+        position_scale (`float`): what the cells' coordinates are multiplied by before they join the features.
         backbone_hash (`str`): the backbone's content hash (a model is only valid with its own VAE).
         inputs (`list[dict]`): per normal image, ``name`` and ``sha256``, in the order given.
         holdout_names (`list[str]`): names of the held-out normals.
@@ -61,6 +62,7 @@ class NormalModel:
     blocks: list[int]
     resolution: int
     stride: int
+    position_scale: float
     backbone_hash: str
     inputs: list[dict[str, str]]
     holdout_names: list[str]
@@ -101,8 +103,8 @@ class NormalModel:
         for start in range(0, len(images), self.config.batch_size):
             features = vae_features(self.vae, images[start : start + self.config.batch_size], self.blocks,
                                     self.config.feature_pool, self.config.batch_size)
-            n, c, h, w = features.shape
-            cells = features.permute(0, 2, 3, 1).reshape(-1, c)
+            n, _, h, w = features.shape
+            cells = with_positions(features, self.position_scale)
             distance = torch.cat([torch.cdist(part, bank).min(dim=1).values for part in cells.split(8192)])
             grid = _blur(distance.reshape(n, 1, h, w), self.config.blur_sigma)
             full = F.interpolate(grid, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
@@ -117,6 +119,17 @@ class NormalModel:
     def anomaly_map(self, image: np.ndarray, *, round_trip: bool = False) -> np.ndarray:
         """The anomaly map of one image in normal units: (H, W) float32."""
         return self.anomaly_maps([image], round_trip=round_trip)[0]
+
+
+def with_positions(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """(N, C, h, w) features -> (N*h*w, C+2) cells, each with its centre's (y, x) in [0, 1] times ``scale``."""
+    import torch
+
+    n, c, h, w = features.shape
+    ys = (torch.arange(h, dtype=torch.float32, device=features.device) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32, device=features.device) + 0.5) / w
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).mul(scale).unsqueeze(0).expand(n, 2, h, w)
+    return torch.cat([features.float(), grid], dim=1).permute(0, 2, 3, 1).reshape(-1, c + 2)
 
 
 def _blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -194,7 +207,11 @@ def build_normal_model(
         report(progress, "verify: normal model", len(trip), total)
     blocks = resolve_blocks(vae, config.feature_blocks)
     features = vae_features(vae, [trip[i] for i in bank_idx], blocks, config.feature_pool, config.batch_size)
-    cells = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    # The features' own spread sets the unit of the coordinates, so one weight fits every backbone's features.
+    spread = float(((flat - flat.mean(dim=0)) ** 2).sum(dim=1).mean().sqrt())
+    position_scale = config.position_weight * spread
+    cells = with_positions(features, position_scale)
     keep = min(config.bank_max, max(1, math.ceil(config.coreset_ratio * cells.shape[0])))
     chosen = greedy_coreset(cells, keep, seed=derive_seed(config.seed, "verify-coreset"))
     bank = cells[chosen.to(cells.device)].float().cpu().contiguous()
@@ -206,6 +223,7 @@ def build_normal_model(
         blocks=blocks,
         resolution=resolution,
         stride=resolution // int(features.shape[-1]),
+        position_scale=position_scale,
         backbone_hash=backbone.content_hash,
         inputs=[{"name": n, "sha256": h} for n, h in zip(names, hashes, strict=True)],
         holdout_names=[names[i] for i in held_idx],
