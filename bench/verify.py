@@ -14,7 +14,9 @@ Per toy data seed (the tests use seed 0; measure on others), for the toy object 
   (``sample_pairs``, 8 pairs, 20 dpmsolver++ steps, guidance 2.5, as ``bench.speed``) against scoring a pair's
   whole image (anomaly map + checks).
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m bench.verify --kind object --seeds 1 2 3 [--generation] [--out f.json]
+- optionally (``--sd15``): build and scoring time with SD-1.5's VAE architecture at 512 px on the CPU.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.verify --kind object --seeds 1 2 3 [--generation] [--sd15] [--out F]
 """
 
 from __future__ import annotations
@@ -211,6 +213,33 @@ def measure_generation(backbone: Any, config: VerifyConfig, kind: str, pairs: in
             "rounds": rounds}
 
 
+def measure_sd15_cpu(normals: int = 5, queries: int = 2) -> dict[str, Any]:
+    """Cost at SD-1.5 size: its VAE architecture (cheap random weights, bench.common) at 512 px on this machine.
+
+    Only the time means something here (random weights), and few images are used: a CPU at this size is slow.
+    """
+    from PIL import Image
+
+    from anogen.verify.normal import build_normal_model
+    from bench.common import sd15_backbone
+
+    backbone = sd15_backbone(512)
+    toy = toy_cases("object", 0, n_train=normals, n_good=queries, n_defect=0)
+
+    def up(image: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(image).resize((512, 512), Image.BICUBIC))
+
+    config = VerifyConfig(batch_size=1)
+    t0 = time.perf_counter()
+    model = build_normal_model(backbone, [up(i) for i in toy["normals"]], config)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.anomaly_maps([up(i) for i in toy["good"]])
+    score = (time.perf_counter() - t0) / queries
+    return {"normals": normals, "build_s": build, "score_s_per_image": score, "bank_size": int(model.bank.shape[0]),
+            "feature_dim": int(model.bank.shape[1]), "stride": model.stride}
+
+
 def main() -> None:
     import torch
 
@@ -218,8 +247,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", default="object", choices=["object", "texture"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--generation", action="store_true", help="also time generation vs scoring")
+    parser.add_argument("--sd15", action="store_true", help="also time SD-1.5's VAE at 512 px (random weights)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -233,8 +263,11 @@ def main() -> None:
     if args.generation:
         results["generation"] = measure_generation(backbone, config, args.kind)
         print(json.dumps(results["generation"], indent=1), flush=True)
+    if args.sd15:
+        results["sd15_cpu"] = measure_sd15_cpu()
+        print(json.dumps(results["sd15_cpu"], indent=1), flush=True)
     results["load_after"] = os.getloadavg()
-    aurocs = [s["auroc_round_trip"] for s in results["seeds"]]
+    aurocs = [s["auroc_round_trip"] for s in results["seeds"]] or [float("nan")]
     print(f"AUROC (round trip) over seeds {args.seeds}: mean {np.mean(aurocs):.4f}, min {min(aurocs):.4f}, "
           f"max {max(aurocs):.4f}; load {load} -> {results['load_after']}")
     if args.out:

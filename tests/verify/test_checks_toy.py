@@ -4,7 +4,10 @@ Cases (toy object, data seed 0, real defect images of the three types passed thr
 images are): a real defect image with its own mask; the same with the mask moved elsewhere; with a 14-px patch of
 the object pasted onto the background away from the mask; a training shot after a VAE round trip and a 2-px shift.
 The rates' bars were measured with `python -m bench.verify --kind object --seeds 1 2 3` (other data seeds than
-this test's) and sit below the lowest measured rate: RATES_MEASURED.
+this test's) and sit below the lowest measured rate: a real defect with its own mask passed in 100 %, 97 % and
+93 % of the 30 images per seed; the pasted patch failed `background` in 100 %, 93 % and 100 %; every moved mask
+failed `misaligned` but one (100 %, 100 %, 97 %); every shifted round-tripped shot failed `copy` and no other
+defect image did.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from anogen.verify.shots import build_shot_bank
 from bench.verify import paste_patch, shift
 
 CONFIG = VerifyConfig()
-CORRECT_PASS_BAR = 0.9
-PASTED_FAIL_BAR = 0.8
+CORRECT_PASS_BAR = 0.85
+PASTED_FAIL_BAR = 0.85
+MOVED_FAIL_BAR = 0.9
 
 
 def _scores(world, images, masks, shots=None) -> list:
@@ -41,7 +45,7 @@ def test_mask_moved_elsewhere_fails_misaligned(object_world):
     masks = [np.roll(m, (32, 21), axis=(0, 1)) for _, _, m, _ in object_world["items"]]
     assert all(not (a & b).any() for a, b in zip(masks, [m for _, _, m, _ in object_world["items"]], strict=True))
     reasons = _reasons(object_world, object_world["trips"], masks)
-    assert reasons == ["misaligned"] * len(masks)
+    assert np.mean([r == "misaligned" for r in reasons]) >= MOVED_FAIL_BAR, reasons
 
 
 def test_object_patch_pasted_outside_the_mask_fails_background(object_world):
