@@ -47,18 +47,20 @@ def prepare(image: np.ndarray, size: int, blur: float) -> np.ndarray:
 def shifted_distance(a: np.ndarray, b: np.ndarray, max_shift: int) -> float:
     """The smallest mean absolute difference between ``a`` and ``b`` shifted by up to ``max_shift`` pixels.
 
-    Only the central region that every shift covers is compared, so each shift is judged on the same pixels.
+    ``a`` may also be a stack (K, size, size, 3): the smallest over its members is returned. Only the central
+    region that every shift covers is compared, so each shift is judged on the same pixels.
     """
-    size = a.shape[0]
+    stack = a if a.ndim == 4 else a[None]
+    size = stack.shape[1]
     m = max_shift
     if size <= 2 * m:
         raise InputError(f"copy_max_shift {m} is too large for images of {size} px")
-    core = a[m : size - m, m : size - m]
+    core = stack[:, m : size - m, m : size - m]
     best = np.inf
     for dy in range(-m, m + 1):
         for dx in range(-m, m + 1):
             other = b[m + dy : size - m + dy, m + dx : size - m + dx]
-            best = min(best, float(np.abs(core - other).mean()))
+            best = min(best, float(np.abs(core - other[None]).mean(axis=(1, 2, 3)).min()))
     return best
 
 
@@ -84,7 +86,8 @@ class ShotBank:
         """Distance from an image (uint8 RGB, any size) to the nearest shot, over shifts and flips."""
         c = self.config
         query = prepare(image, c.copy_size, c.copy_blur)
-        return min(shifted_distance(v, query, c.copy_max_shift) for shot in self.shots for v in _variants(shot))
+        variants = np.concatenate([np.stack(_variants(shot)) for shot in self.shots])
+        return shifted_distance(variants, query, c.copy_max_shift)
 
 
 def build_shot_bank(backbone: Backbone, shots: Sequence[np.ndarray], config: VerifyConfig | None = None) -> ShotBank:
