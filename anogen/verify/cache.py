@@ -93,7 +93,12 @@ def load_normal_model(folder: str | Path, backbone: Backbone, config: VerifyConf
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the normal model's {META}: {exc}", path=folder / META) from exc
-    saved = VerifyConfig(**meta["config"])
+    try:
+        saved = VerifyConfig(**meta["config"])
+    except TypeError as exc:
+        # Written by another anogen version whose config has other fields.
+        raise InputError(f"the normal model's config does not match this anogen: {exc}", path=folder / META,
+                         hint="rebuild it with load_or_build_normal_model") from exc
     config = config or saved
     if config.model_key() != saved.model_key():
         raise InputError("the normal model was built with other settings", path=folder / META,

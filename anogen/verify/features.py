@@ -10,7 +10,7 @@ Two operations, the same for the toy backbone on a CPU and SD-1.5 on a GPU (ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -98,7 +98,7 @@ def vae_features(vae: AutoencoderKL, images: Sequence[np.ndarray], blocks: Seque
     indices = resolve_blocks(vae, blocks)
     captured: dict[int, torch.Tensor] = {}
 
-    def keep(index: int):  # noqa: ANN202 - a forward hook
+    def keep(index: int) -> Callable[[object, object, torch.Tensor], None]:
         def hook(module: object, args: object, output: torch.Tensor) -> None:
             captured[index] = output
 
