@@ -85,9 +85,10 @@ def test_fit_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_export_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import anogen.export.common as common
+    from anogen.export.writer import ExportResult
 
     def fake(synth, config, **kwargs):
-        return common.ExportResult(
+        return ExportResult(
             out=Path(LONG_PATH), format="mvtec", status="written", files=2345, written=2345, reused=0, removed=0,
             counts={LONG_CATEGORY: {f"test/{LONG_DEFECT}": 1000, "ground_truth/" + LONG_DEFECT: 1000}},
         )
