@@ -142,6 +142,7 @@ def run_demo(
     from anogen.export.common import ExportConfig, export
     from anogen.export.report import write_report
     from anogen.model.backbone import load_backbone
+    from anogen.model.spec import resolution_for_backbone
     from anogen.priors import build_prior
     from anogen.sample import remask, synthesize
     from anogen.train import fit
@@ -197,6 +198,10 @@ def run_demo(
         if every <= 0 or quarter < every:
             overrides["train"]["checkpoint_every"] = quarter
             resolved = resolve(preset=DEMO_PRESET, overrides=overrides)
+    # The same rule as `anogen fit --backbone tiny`: a backbone other than the preset's trains at its own size.
+    resolved, resized = resolution_for_backbone(resolved)
+    if resized is not None:
+        logger.info(resized)
 
     def fit_all() -> list[Any]:
         # resume: an interrupted fit continues from its latest checkpoint, a finished adapter is left alone.
