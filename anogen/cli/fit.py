@@ -144,6 +144,7 @@ def fit_command(
     from anogen import train
     from anogen.config import preset_for, preset_line, resolve
     from anogen.data import read_category
+    from anogen.model.spec import resolution_for_backbone
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
     if parallel not in ("auto", "defects", "data"):
@@ -185,7 +186,7 @@ def fit_command(
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         out_.info(escape(preset_line(resolved)))
-    resolved, notice = _resolution_for_backbone(resolved, config, resolution_given=resolution is not None)
+    resolved, notice = resolution_for_backbone(resolved, resolution_given=resolution is not None, config_file=config)
     if notice and main_process:
         out_.warn(escape(notice))
     auto = _auto_prior(out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process)
@@ -207,9 +208,8 @@ def fit_command(
 
     if dry_run:
         if auto is not None and auto.status == "planned":
-            plan = _plan_before_prior(train, cat, resolved, out, auto.prior_dir, kwargs)
-        else:
-            plan = train.plan_fit(cat, resolved, out, **kwargs)
+            kwargs.update(prior_dir=auto.prior_dir, prior_pending=True)
+        plan = train.plan_fit(cat, resolved, out, **kwargs)
         announce(plan)
         if not main_process:
             return
@@ -245,39 +245,6 @@ def _auto_prior(
     if main_process:
         out_.info(escape(auto.message()))
     return auto
-
-
-def _plan_before_prior(train: Any, cat: Any, resolved: Any, out: Path, prior_dir: Path, kwargs: dict) -> Any:
-    """A dry run's plan while the prior fit would build does not exist yet (a dry run writes nothing).
-
-    Planned without BCM, whose checks need the prior's files, then marked as a BCM fit; the adapter's parameter
-    count depends on BCM, so it is left unknown rather than shown wrong.
-    """
-    import dataclasses
-
-    no_bcm = dataclasses.replace(resolved, adapter=dataclasses.replace(resolved.adapter, bcm=False))
-    plan = train.plan_fit(cat, no_bcm, out, **kwargs)
-    return dataclasses.replace(plan, bcm=True, prior=prior_dir, trainable_parameters=None)
-
-
-def _resolution_for_backbone(
-    resolved: Any, config_file: Path | None, *, resolution_given: bool
-) -> tuple[Any, str | None]:
-    """The resolution of the backbone actually used, unless the user chose one (``follow_native_resolution``)."""
-    from anogen.config import read_yaml_mapping, resolve
-    from anogen.model.spec import describe_backbone, follow_native_resolution
-
-    if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
-        resolution_given = True
-    preset_backbone = resolve(resolved.preset).backbone.id if resolved.preset else None
-    if resolution_given or resolved.backbone.id == preset_backbone:
-        return resolved, None  # nothing to decide; the backbone is described (and checked) by the plan
-    described = describe_backbone(
-        resolved.backbone.id, cache_dir=resolved.backbone.cache_dir, revision=resolved.backbone.revision
-    )
-    return follow_native_resolution(
-        resolved, described, preset_backbone=preset_backbone, resolution_given=resolution_given
-    )
 
 
 def _target_lines(plan: Any, *, retarget: bool) -> list[str]:

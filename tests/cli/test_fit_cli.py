@@ -205,6 +205,14 @@ def test_own_category_without_preset_or_prior_builds_its_prior_once(tmp_path):
     adapter = json.loads((runs / "widget" / "dent" / "adapter.json").read_text())
     assert adapter["prior"] == str(runs / "_prior") and adapter["config"]["adapter"]["bcm"] is True
     before = _tree(prior)
+    # planned before the prior existed, the dry run described the BCM fit all the same: the same parameter count
+    # and memory as once the prior is there (not the no-BCM fit's, nor "unknown")
+    built = invoke([*args, "--defect", "stain", "--dry-run", "--json"])
+    assert built.exit_code == 0, built.output
+    built_plan = json.loads(built.stdout)["plan"]
+    assert plan["trainable_parameters"] is not None and plan["trainable_parameters"] > 0
+    for key in ("trainable_parameters", "estimated_peak_bytes", "estimated_peak_parts"):
+        assert plan[key] == built_plan[key], key
 
     second = invoke([*args, "--defect", "stain"])
     assert second.exit_code == 0, second.output
