@@ -7,6 +7,7 @@ Resumable (``--resume``), checkpointed, validated with a sample grid; spreads ov
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -189,9 +190,6 @@ def fit_command(
     resolved, notice = resolution_for_backbone(resolved, resolution_given=resolution is not None, config_file=config)
     if notice and main_process:
         out_.warn(escape(notice))
-    auto = _auto_prior(out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process)
-    if auto is not None and auto.status != "planned":
-        prior = auto.prior_dir
     kwargs: dict[str, Any] = {
         "defects": defect or None,
         "prior_dir": prior,
@@ -201,14 +199,25 @@ def fit_command(
         "retarget": resume and steps is not None,
     }
 
+    def check_before_prior(prior_dir: Path) -> None:
+        # Every input a user can fix (a misspelt --defect, a finished fit without --resume) stops before the
+        # prior is built, which takes minutes on a large category.
+        train.plan_fit(cat, resolved, out, **{**kwargs, "prior_dir": prior_dir, "prior_pending": True})
+
+    auto = _auto_prior(
+        out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process, check=check_before_prior
+    )
+    if auto is not None:
+        kwargs["prior_dir"] = auto.prior_dir
+        if auto.status == "planned":  # a dry run: the prior fit would build does not exist yet
+            kwargs["prior_pending"] = True
+
     def announce(plan: Any) -> None:
         if main_process:
             for line in _target_lines(plan, retarget=kwargs["retarget"]):
                 (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
 
     if dry_run:
-        if auto is not None and auto.status == "planned":
-            kwargs.update(prior_dir=auto.prior_dir, prior_pending=True)
         plan = train.plan_fit(cat, resolved, out, **kwargs)
         announce(plan)
         if not main_process:
@@ -233,13 +242,24 @@ def fit_command(
 
 
 def _auto_prior(
-    out_: Any, cat: Any, resolved: Any, runs: Path, prior: Path | None, *, dry_run: bool, main_process: bool
+    out_: Any,
+    cat: Any,
+    resolved: Any,
+    runs: Path,
+    prior: Path | None,
+    *,
+    dry_run: bool,
+    main_process: bool,
+    check: Callable[[Path], Any],
 ) -> Any:
-    """BCM on and no --prior: build (or reuse) the prior in RUNS/_prior/<category>, said in one line."""
-    from anogen.autoprior import ensure_auto_prior, needs_auto_prior
+    """BCM on and no --prior: build (or reuse) the prior in RUNS/_prior/<category>, said in one line; ``check``
+    (the fit's input checks, given the prior's folder) runs first."""
+    from anogen.autoprior import auto_prior_dir, ensure_auto_prior, needs_auto_prior
 
     if not needs_auto_prior(cat, resolved, prior):
         return None
+    if not dry_run:
+        check(auto_prior_dir(runs))
     with out_.progress() as display:
         auto = ensure_auto_prior(cat, resolved, runs, dry_run=dry_run, build=main_process, progress=display)
     if main_process:

@@ -190,6 +190,10 @@ def test_own_category_without_preset_or_prior_builds_its_prior_once(tmp_path):
     runs = tmp_path / "runs"
     args = ["fit", data, "--backbone", "tiny", "--resolution", SIZE, "--rank", "4", "--steps", "2",
             "--validate-every", "0", "--checkpoint-every", "0", "--out", runs]
+    # a misspelt defect type stops the real run before the prior is built (minutes on a large category)
+    typo = invoke([*args, "--defect", "dnet"])
+    assert typo.exit_code == 2 and "dnet" in typo.stderr, typo.output
+    assert not runs.exists()
     dry = invoke([*args, "--defect", "dent", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     plan = json.loads(dry.stdout)["plan"]
