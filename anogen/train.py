@@ -575,7 +575,15 @@ def plan_fit(
             bcm=bcm,
         )
         peak, parts = estimate.total, estimate.to_dict()
-        steps_left = sum(0 if p.complete else p.steps - (p.resume_from or 0) for p in plans)
+        # Wall time: with --parallel defects the processes train their adapters side by side, so the busiest
+        # process's steps count; otherwise every adapter runs one after another (data parallelism keeps the time
+        # per step: each process takes its own batch).
+        per_process: dict[int, int] = {}
+        for p in plans:
+            per_process[p.process] = per_process.get(p.process, 0) + (
+                0 if p.complete else p.steps - (p.resume_from or 0)
+            )
+        steps_left = max(per_process.values(), default=0)
         seconds, basis = estimate_fit_seconds(
             configs["unet"],
             resolution=config.train.resolution,
