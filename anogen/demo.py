@@ -42,7 +42,8 @@ class DemoConfig:
         seed (`int`, defaults to 0): seed of the toy data, training and sampling.
         count (`int`, defaults to 24): accepted samples per defect type.
         steps (`int`, *optional*): training steps per defect type; ``None`` keeps the preset's.
-        backbone (`str`, defaults to `"toy"`): the backbone (``tiny`` makes a fast smoke run of the plumbing).
+        backbone (`str`, defaults to `"toy"`): the backbone (``tiny`` makes a fast smoke run of the plumbing, at
+            its native 32 px as ``fit --backbone tiny`` trains).
         checkpoint_every (`int`, *optional*): steps between fit checkpoints; ``None`` keeps the preset's, or
             a quarter of ``steps`` when that is sooner (an interruption of a short run then loses little).
     """
