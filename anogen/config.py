@@ -348,6 +348,19 @@ def validate_sections(data: Mapping[str, Any], *, source: str, allow_meta: bool)
                     raise PresetError(
                         f"{source}: {key}.{name} = {value!r}: unknown {label}; choose one of {choices}"
                     )
+                items = get_args(hints[name])[:1]
+                if (
+                    get_origin(hints[name]) in (tuple, list)
+                    and items
+                    and get_origin(items[0]) is Literal
+                    and isinstance(value, (list, tuple))
+                ):
+                    # A list of choices (train.flips): name the unknown items and the choices, not the type.
+                    choices = ", ".join(str(a) for a in get_args(items[0]))
+                    bad = [v for v in value if v not in get_args(items[0])]
+                    what = f"{bad[0]!r} is not" if len(bad) == 1 else f"{', '.join(map(repr, bad))} are not"
+                    where = f"{key}.{name}" if source == COMMAND_LINE else f"{source}: {key}.{name}"
+                    raise PresetError(f"{where} = {list(value)!r}: {what} one of {choices}")
                 raise PresetError(f"{source}: {key}.{name} = {value!r} does not fit type {_type_name(hints[name])}")
 
 

@@ -42,7 +42,8 @@ class DemoConfig:
         seed (`int`, defaults to 0): seed of the toy data, training and sampling.
         count (`int`, defaults to 24): accepted samples per defect type.
         steps (`int`, *optional*): training steps per defect type; ``None`` keeps the preset's.
-        backbone (`str`, defaults to `"toy"`): the backbone (``tiny`` makes a fast smoke run of the plumbing).
+        backbone (`str`, defaults to `"toy"`): the backbone (``tiny`` makes a fast smoke run of the plumbing, at
+            its native 32 px as ``fit --backbone tiny`` trains).
         checkpoint_every (`int`, *optional*): steps between fit checkpoints; ``None`` keeps the preset's, or
             a quarter of ``steps`` when that is sooner (an interruption of a short run then loses little).
     """
@@ -142,6 +143,7 @@ def run_demo(
     from anogen.export.common import ExportConfig, export
     from anogen.export.report import write_report
     from anogen.model.backbone import load_backbone
+    from anogen.model.spec import resolution_for_backbone
     from anogen.priors import build_prior
     from anogen.sample import remask, synthesize
     from anogen.train import fit
@@ -197,6 +199,10 @@ def run_demo(
         if every <= 0 or quarter < every:
             overrides["train"]["checkpoint_every"] = quarter
             resolved = resolve(preset=DEMO_PRESET, overrides=overrides)
+    # The same rule as `anogen fit --backbone tiny`: a backbone other than the preset's trains at its own size.
+    resolved, resized = resolution_for_backbone(resolved)
+    if resized is not None:
+        logger.info(resized)
 
     def fit_all() -> list[Any]:
         # resume: an interrupted fit continues from its latest checkpoint, a finished adapter is left alone.

@@ -314,27 +314,14 @@ def _count_parameters(configs: dict[str, dict[str, Any]], config: ResolvedConfig
     return trainable, int(frozen)
 
 
-def estimate_peak_bytes(
-    unet_config: dict[str, Any],
-    *,
-    trainable: int,
-    frozen: int,
-    resolution: int,
-    vae_scale_factor: int,
-    batch_size: int,
-    mixed_precision: str,
-    gradient_checkpointing: bool,
-    bcm: bool,
-) -> int:
+def estimate_peak_bytes(unet_config: dict[str, Any], **sizes: Any) -> int:
     """Estimated peak memory of one training process, in bytes: :func:`anogen.memory.estimate_peak`'s total
-    (weights + adapter and optimizer state + activations + 10 % overhead; formula in docs/fit.md)."""
+    (weights + adapter and optimizer state + activations + 10 % overhead; formula in docs/fit.md), with its
+    keyword arguments (trainable, frozen, resolution, vae_scale_factor, batch_size, mixed_precision,
+    gradient_checkpointing, bcm)."""
     from anogen.memory import estimate_peak
 
-    return estimate_peak(
-        unet_config, trainable=trainable, frozen=frozen, resolution=resolution, vae_scale_factor=vae_scale_factor,
-        batch_size=batch_size, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-        bcm=bcm,
-    ).total
+    return estimate_peak(unet_config, **sizes).total
 
 
 def _resume_key(config: ResolvedConfig, backbone_hash: str | None, split: Split, data_world: int) -> dict[str, Any]:
@@ -503,6 +490,7 @@ def plan_fit(
     num_processes: int | None = None,
     device: str | None = None,
     retarget: bool = False,
+    prior_pending: bool = False,
 ) -> FitPlan:
     """Validate everything a fit needs and describe it, without loading a model.
 
@@ -524,6 +512,9 @@ def plan_fit(
         retarget (`bool`, defaults to False): with ``resume``, train to ``config.train.steps`` instead of each
             recorded target (the CLI sets it when ``--steps`` is given); ``DefectPlan.recorded_steps`` says where
             that changes a target.
+        prior_pending (`bool`, defaults to False): ``prior_dir`` is the prior ``fit`` will build before training
+            (``anogen.autoprior``; a dry run builds nothing): its files are not checked, and the plan (parameter
+            count, memory and time) is still the BCM fit's.
 
     Returns:
         `FitPlan`.
@@ -540,7 +531,7 @@ def plan_fit(
     prior = Path(prior_dir) if prior_dir is not None else None
     if bcm:
         _check_bcm(category, prior)
-    if prior is not None and not prior.exists():
+    if prior is not None and not prior.exists() and not prior_pending:
         raise InputError(f"prior folder {prior} does not exist", hint="run `anogen prior DATA --out DIR` first")
     # The same description load_backbone starts from: a misspelt or missing backbone stops here, dry run or not.
     described = describe_backbone(config.backbone.id, cache_dir=config.backbone.cache_dir,
@@ -557,7 +548,7 @@ def plan_fit(
     plans = []
     for index, name in enumerate(names):
         split = _split(category, name, config.train.shots)
-        if bcm:
+        if bcm and not prior_pending:
             _background_sources(category, name, split.train, prior)  # type: ignore[arg-type]
         folder = Path(out) / safe_name(category.name) / safe_name(name)
         key = _resume_key(config, None, split, data_world)
@@ -584,7 +575,15 @@ def plan_fit(
             bcm=bcm,
         )
         peak, parts = estimate.total, estimate.to_dict()
-        steps_left = sum(0 if p.complete else p.steps - (p.resume_from or 0) for p in plans)
+        # Wall time: with --parallel defects the processes train their adapters side by side, so the busiest
+        # process's steps count; otherwise every adapter runs one after another (data parallelism keeps the time
+        # per step: each process takes its own batch).
+        per_process: dict[int, int] = {}
+        for p in plans:
+            per_process[p.process] = per_process.get(p.process, 0) + (
+                0 if p.complete else p.steps - (p.resume_from or 0)
+            )
+        steps_left = max(per_process.values(), default=0)
         seconds, basis = estimate_fit_seconds(
             configs["unet"],
             resolution=config.train.resolution,

@@ -91,6 +91,21 @@ def cheap_weights(module: Any, seed: int = 0) -> Any:
     return module
 
 
+def nonzero_adapter(adapter: Any, seed: int = 0) -> None:
+    """Give the zero-initialised weights small random values, as after training: LoRA up-projections (anogen's
+    ``.up``, peft's text-encoder ``lora_B``), a zero-initialised SAIM's ``proj_out``, and BCM's gate ``alpha``
+    (0.3, so that the reference pass matters). No cost difference, but no shortcut through zeros either."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if name.endswith(".up") or ".proj_out." in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.01)
+            elif name.endswith("bcm.alpha"):
+                param.fill_(0.3)
+
+
 def sd15_backbone(resolution: int = 512, seed: int = 0) -> Any:
     """SD-1.5's UNet, VAE and CLIP text encoder architectures with cheap random weights (see :func:`cheap_weights`).
 

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import nonzero_adapter
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_FILE = ROOT / "docs" / "benchmarks-gpu.md"
 NEEDED = ("diffusers", "transformers", "accelerate", "peft", "safetensors", "yaml", "PIL", "numpy")
@@ -184,19 +186,6 @@ def _configs(recipe: str, bcm: bool) -> Any:
     return resolve("mvtec/bottle" if bcm else "mvtec/carpet", recipe=recipe)
 
 
-def _nonzero(adapter: Any) -> None:
-    """Make the zero-initialised weights non-zero (LoRA ups, BCM gates): a trained adapter's cost."""
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in adapter.named_parameters():
-            if name.endswith(".up") or "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
-            elif name.endswith("bcm.alpha"):
-                p.fill_(0.3)
-
-
 def unet_tflop_per_row(backbone: Any, device: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -343,7 +332,7 @@ def synth_row(backbone: Any, device: Any, recipe: str, bcm: bool, pairs: int, st
     if steps_override:
         sample = dataclasses.replace(sample, steps=steps_override)
     adapter = DualAdapter.from_backbone(backbone, config.adapter, seed=0)
-    _nonzero(adapter)
+    nonzero_adapter(adapter, seed=0)
     adapter.to(device)
     record = {"prompts": {"whole": config.adapter.prompt_whole, "part": config.adapter.prompt_part}}
     backgrounds = None

@@ -16,7 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import SD15_UNET, cheap_weights, gpu_peak_mb, interleaved, make_backbone, peak_rss_mb, rss_mb
+from bench.common import (
+    SD15_UNET,
+    cheap_weights,
+    gpu_peak_mb,
+    interleaved,
+    make_backbone,
+    nonzero_adapter,
+    peak_rss_mb,
+    rss_mb,
+)
 
 logger = logging.getLogger("bench")
 
@@ -29,21 +38,8 @@ def _adapter(backbone: Any, rank: int, saim_width: int | None, coupling: str = "
 
     config = AdapterConfig(rank=rank, alpha=float(max(rank, 1)), coupling=coupling, saim_width=saim_width, bcm=bcm)
     adapter = DualAdapter.from_backbone(backbone, config, seed=0)
-    _nonzero(adapter)
+    nonzero_adapter(adapter, seed=1)
     return adapter.to(_device())
-
-
-def _nonzero(adapter: Any) -> None:
-    """Make the zero-initialised weights non-zero, as after training (no cost difference, but no shortcut either)."""
-    import torch
-
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in adapter.named_parameters():
-            if name.endswith(".up") or ".proj_out." in name:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.01)
-            elif name.endswith("bcm.alpha"):
-                param.fill_(0.3)
 
 
 def _device() -> Any:

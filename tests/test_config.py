@@ -79,7 +79,7 @@ def test_hidden_bases_are_not_listed(preset_root: Path) -> None:
         ("trian: {steps: 5}", "unknown section 'trian'"),
         ("train: {steps: many}", "train.steps = 'many' does not fit type int"),
         ("adapter: {coupling: glue}", "adapter.coupling = 'glue'"),
-        ("train: {flips: [diagonal]}", "train.flips"),
+        ("train: {flips: [diagonal]}", "['diagonal']: 'diagonal' is not one of horizontal, vertical, rotate90"),
         ("mask: {threshold: median}", "mask.threshold"),
         ("train: 5", "section 'train' must be a mapping"),
         ("extends: shop/widget", "'extends' is only allowed in presets"),

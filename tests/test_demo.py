@@ -130,7 +130,7 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
     seen: dict = {}
 
     def fake_fit(category, config, runs, **kwargs):
-        seen.update(stale_left=stale.exists(), steps=config.train.steps, **kwargs)
+        seen.update(stale_left=stale.exists(), steps=config.train.steps, resolution=config.train.resolution, **kwargs)
         return []
 
     monkeypatch.setattr(anogen.model.backbone, "load_backbone", lambda spec: object())
@@ -144,6 +144,8 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
     lines = [line for line in result.stderr.splitlines() if "over" in line]
     assert len(lines) == 1 and f"steps {STEPS} -> {STEPS + 2}" in lines[0] and "starting it over" in lines[0]
     assert seen["stale_left"] is False and seen["resume"] is True and seen["steps"] == STEPS + 2
+    # the rule of `anogen fit --backbone tiny`: the tiny backbone's native 32 px, not the toy preset's 64 px
+    assert seen["resolution"] == 32
     assert json.loads((out / "demo.json").read_text())["settings"]["steps"] == STEPS + 2
 
     again = CliRunner().invoke(app, ["demo", "--backbone", "tiny", "--steps", str(STEPS + 2), "--out", str(out)])

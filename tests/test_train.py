@@ -421,3 +421,16 @@ def test_a_checkpoint_from_before_the_recipe_fields_still_resumes(tmp_path):
         changed[section][name] = value  # a recorded field changed, or a new one set away from 0.1's behaviour
         with pytest.raises(CompatibilityError, match=f"adapter.{name}"):
             _check_resume(checkpoint, changed, check_backbone_hash=True)
+
+
+def test_plan_time_is_wall_time_with_defects_in_parallel(tmp_path):
+    """Two defect types on two processes (--parallel defects) train side by side: the plan's time is one
+    adapter's, half of the one-process plan's; data parallelism trains them one after another."""
+    two = read_category(write_toy_category(tmp_path / "data", defects=("stain", "hole")))
+    config = small_config(steps=400)  # seconds, not tenths: the estimate is rounded to 0.1 s
+    one = plan_fit(two, config, tmp_path / "runs", num_processes=1, device="cpu")
+    side = plan_fit(two, config, tmp_path / "runs", num_processes=2, parallel="defects", device="cpu")
+    data = plan_fit(two, config, tmp_path / "runs", num_processes=2, parallel="data", device="cpu")
+    assert [d.process for d in side.defects] == [0, 1]
+    assert one.estimated_seconds and side.estimated_seconds == pytest.approx(one.estimated_seconds / 2, rel=0.02)
+    assert data.estimated_seconds == one.estimated_seconds

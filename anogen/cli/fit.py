@@ -7,6 +7,7 @@ Resumable (``--resume``), checkpointed, validated with a sample grid; spreads ov
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,6 +145,7 @@ def fit_command(
     from anogen import train
     from anogen.config import preset_for, preset_line, resolve
     from anogen.data import read_category
+    from anogen.model.spec import resolution_for_backbone
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
     if parallel not in ("auto", "defects", "data"):
@@ -185,12 +187,9 @@ def fit_command(
     main_process = os.environ.get("RANK", "0") == "0"
     if main_process:
         out_.info(escape(preset_line(resolved)))
-    resolved, notice = _resolution_for_backbone(resolved, config, resolution_given=resolution is not None)
+    resolved, notice = resolution_for_backbone(resolved, resolution_given=resolution is not None, config_file=config)
     if notice and main_process:
         out_.warn(escape(notice))
-    auto = _auto_prior(out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process)
-    if auto is not None and auto.status != "planned":
-        prior = auto.prior_dir
     kwargs: dict[str, Any] = {
         "defects": defect or None,
         "prior_dir": prior,
@@ -200,16 +199,26 @@ def fit_command(
         "retarget": resume and steps is not None,
     }
 
+    def check_before_prior(prior_dir: Path) -> None:
+        # Every input a user can fix (a misspelt --defect, a finished fit without --resume) stops before the
+        # prior is built, which takes minutes on a large category.
+        train.plan_fit(cat, resolved, out, **{**kwargs, "prior_dir": prior_dir, "prior_pending": True})
+
+    auto = _auto_prior(
+        out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process, check=check_before_prior
+    )
+    if auto is not None:
+        kwargs["prior_dir"] = auto.prior_dir
+        if auto.status == "planned":  # a dry run: the prior fit would build does not exist yet
+            kwargs["prior_pending"] = True
+
     def announce(plan: Any) -> None:
         if main_process:
             for line in _target_lines(plan, retarget=kwargs["retarget"]):
                 (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
 
     if dry_run:
-        if auto is not None and auto.status == "planned":
-            plan = _plan_before_prior(train, cat, resolved, out, auto.prior_dir, kwargs)
-        else:
-            plan = train.plan_fit(cat, resolved, out, **kwargs)
+        plan = train.plan_fit(cat, resolved, out, **kwargs)
         announce(plan)
         if not main_process:
             return
@@ -233,51 +242,29 @@ def fit_command(
 
 
 def _auto_prior(
-    out_: Any, cat: Any, resolved: Any, runs: Path, prior: Path | None, *, dry_run: bool, main_process: bool
+    out_: Any,
+    cat: Any,
+    resolved: Any,
+    runs: Path,
+    prior: Path | None,
+    *,
+    dry_run: bool,
+    main_process: bool,
+    check: Callable[[Path], Any],
 ) -> Any:
-    """BCM on and no --prior: build (or reuse) the prior in RUNS/_prior/<category>, said in one line."""
-    from anogen.autoprior import ensure_auto_prior, needs_auto_prior
+    """BCM on and no --prior: build (or reuse) the prior in RUNS/_prior/<category>, said in one line; ``check``
+    (the fit's input checks, given the prior's folder) runs first."""
+    from anogen.autoprior import auto_prior_dir, ensure_auto_prior, needs_auto_prior
 
     if not needs_auto_prior(cat, resolved, prior):
         return None
+    if not dry_run:
+        check(auto_prior_dir(runs))
     with out_.progress() as display:
         auto = ensure_auto_prior(cat, resolved, runs, dry_run=dry_run, build=main_process, progress=display)
     if main_process:
         out_.info(escape(auto.message()))
     return auto
-
-
-def _plan_before_prior(train: Any, cat: Any, resolved: Any, out: Path, prior_dir: Path, kwargs: dict) -> Any:
-    """A dry run's plan while the prior fit would build does not exist yet (a dry run writes nothing).
-
-    Planned without BCM, whose checks need the prior's files, then marked as a BCM fit; the adapter's parameter
-    count depends on BCM, so it is left unknown rather than shown wrong.
-    """
-    import dataclasses
-
-    no_bcm = dataclasses.replace(resolved, adapter=dataclasses.replace(resolved.adapter, bcm=False))
-    plan = train.plan_fit(cat, no_bcm, out, **kwargs)
-    return dataclasses.replace(plan, bcm=True, prior=prior_dir, trainable_parameters=None)
-
-
-def _resolution_for_backbone(
-    resolved: Any, config_file: Path | None, *, resolution_given: bool
-) -> tuple[Any, str | None]:
-    """The resolution of the backbone actually used, unless the user chose one (``follow_native_resolution``)."""
-    from anogen.config import read_yaml_mapping, resolve
-    from anogen.model.spec import describe_backbone, follow_native_resolution
-
-    if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
-        resolution_given = True
-    preset_backbone = resolve(resolved.preset).backbone.id if resolved.preset else None
-    if resolution_given or resolved.backbone.id == preset_backbone:
-        return resolved, None  # nothing to decide; the backbone is described (and checked) by the plan
-    described = describe_backbone(
-        resolved.backbone.id, cache_dir=resolved.backbone.cache_dir, revision=resolved.backbone.revision
-    )
-    return follow_native_resolution(
-        resolved, described, preset_backbone=preset_backbone, resolution_given=resolution_given
-    )
 
 
 def _target_lines(plan: Any, *, retarget: bool) -> list[str]:

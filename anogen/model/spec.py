@@ -215,6 +215,36 @@ def read_configs(folder: Path) -> dict[str, dict[str, Any]]:
     return configs
 
 
+def resolution_for_backbone(
+    config: ResolvedConfig, *, resolution_given: bool = False, config_file: Path | None = None
+) -> tuple[ResolvedConfig, str | None]:
+    """``config`` at the resolution of the backbone it names, by :func:`follow_native_resolution`'s rule.
+
+    The one place ``fit`` and ``demo`` decide the training resolution: the preset's backbone keeps the preset's
+    resolution (nothing is described); another backbone trains at its native size unless the user chose one.
+
+    Args:
+        config (`ResolvedConfig`): the resolved preset/config/flags.
+        resolution_given (`bool`): ``--resolution`` was passed.
+        config_file (`Path`, *optional*): the ``--config`` file; a ``train.resolution`` in it is a choice too.
+
+    Returns:
+        `(ResolvedConfig, str | None)`: the config to train with and a one-line notice (``None``: unchanged).
+    """
+    from anogen.config import read_yaml_mapping, resolve
+
+    if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
+        resolution_given = True
+    preset_backbone = resolve(config.preset).backbone.id if config.preset else None
+    if resolution_given or config.backbone.id == preset_backbone:
+        return config, None  # nothing to decide; the backbone is described (and checked) by the plan
+    described = describe_backbone(config.backbone.id, cache_dir=config.backbone.cache_dir,
+                                  revision=config.backbone.revision)
+    return follow_native_resolution(
+        config, described, preset_backbone=preset_backbone, resolution_given=resolution_given
+    )
+
+
 def follow_native_resolution(
     config: ResolvedConfig,
     description: BackboneDescription,

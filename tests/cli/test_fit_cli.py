@@ -190,6 +190,10 @@ def test_own_category_without_preset_or_prior_builds_its_prior_once(tmp_path):
     runs = tmp_path / "runs"
     args = ["fit", data, "--backbone", "tiny", "--resolution", SIZE, "--rank", "4", "--steps", "2",
             "--validate-every", "0", "--checkpoint-every", "0", "--out", runs]
+    # a misspelt defect type stops the real run before the prior is built (minutes on a large category)
+    typo = invoke([*args, "--defect", "dnet"])
+    assert typo.exit_code == 2 and "dnet" in typo.stderr, typo.output
+    assert not runs.exists()
     dry = invoke([*args, "--defect", "dent", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
     plan = json.loads(dry.stdout)["plan"]
@@ -205,6 +209,14 @@ def test_own_category_without_preset_or_prior_builds_its_prior_once(tmp_path):
     adapter = json.loads((runs / "widget" / "dent" / "adapter.json").read_text())
     assert adapter["prior"] == str(runs / "_prior") and adapter["config"]["adapter"]["bcm"] is True
     before = _tree(prior)
+    # planned before the prior existed, the dry run described the BCM fit all the same: the same parameter count
+    # and memory as once the prior is there (not the no-BCM fit's, nor "unknown")
+    built = invoke([*args, "--defect", "stain", "--dry-run", "--json"])
+    assert built.exit_code == 0, built.output
+    built_plan = json.loads(built.stdout)["plan"]
+    assert plan["trainable_parameters"] is not None and plan["trainable_parameters"] > 0
+    for key in ("trainable_parameters", "estimated_peak_bytes", "estimated_peak_parts"):
+        assert plan[key] == built_plan[key], key
 
     second = invoke([*args, "--defect", "stain"])
     assert second.exit_code == 0, second.output

@@ -184,3 +184,21 @@ def test_properties_come_from_configs_not_sd15(tmp_path: Path) -> None:
     assert (tiny.latent_channels, tiny.vae_scale_factor, tiny.resolution) == (
         configs["unet"]["in_channels"], 2 ** (len(configs["vae"]["block_out_channels"]) - 1), 32,
     )
+
+
+def test_resolution_for_backbone_is_the_rule_fit_and_demo_share(tmp_path):
+    """A backbone other than the preset's trains at its native size (tiny: 32 px, from its configs), unless the
+    user chose a resolution (flag or config file); the preset's own backbone keeps the preset's resolution."""
+    from anogen.config import resolve
+    from anogen.model.spec import resolution_for_backbone
+
+    toy = resolve("toy/object")
+    assert toy.train.resolution == 64
+    assert resolution_for_backbone(toy) == (toy, None)
+    tiny = resolve("toy/object", overrides={"backbone": {"id": "tiny"}})
+    moved, notice = resolution_for_backbone(tiny)
+    assert moved.train.resolution == 32 and "training at 32 px" in notice and "64 px" in notice
+    assert resolution_for_backbone(tiny, resolution_given=True) == (tiny, None)
+    config_file = tmp_path / "mine.yaml"
+    config_file.write_text("train:\n  resolution: 64\n")
+    assert resolution_for_backbone(tiny, config_file=config_file) == (tiny, None)
