@@ -13,6 +13,7 @@ A preset is sectioned YAML::
     train: {resolution: 512, steps: 1000, flips: [horizontal]}
     sample: {sampler: dpmsolver++, steps: 30, guidance: 2.5}
     mask: {threshold: 0.12, min_area: 64}
+    verify: {mode: score}          # anogen/verify/config.py: VerifyConfig
 
 Every key must be a field of its section's dataclass; anything else is a :class:`PresetError` that names it.
 """
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin, get_type_h
 import yaml
 
 from anogen.errors import PresetError
+from anogen.verify.config import VerifyConfig
 
 if TYPE_CHECKING:
     from anogen.data.model import CategoryKind
@@ -205,6 +207,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "sample": SampleConfig,
     "mask": MaskConfig,
+    "verify": VerifyConfig,
 }
 META_KEYS = ("extends", "description", "validated", "recipe")
 COMMAND_LINE = "command-line options"  # the source name of overrides in error messages
@@ -222,6 +225,7 @@ class ResolvedConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     preset: str | None = None
     validated: bool = False
     config_file: str | None = None

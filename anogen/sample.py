@@ -62,6 +62,8 @@ from anogen.manifest import (
 from anogen.masks import make_mask
 from anogen.progress import ProgressCallback, report
 from anogen.seeding import derive_seed
+from anogen.verify.config import VerifyConfig
+from anogen.verify.synth import verify_config_for
 
 if TYPE_CHECKING:
     from anogen.model.backbone import Backbone
@@ -351,6 +353,7 @@ class Job:
     # The folder keeps the result of the largest count it was ever run with: a rerun with a smaller --count
     # never deletes samples of an earlier, larger result (readers take the first ``count`` accepted rows).
     keep_count: int = 0
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     @property
     def max_attempts(self) -> int:
@@ -519,6 +522,7 @@ def prepare_jobs(
     *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     recipe: str | None = None,
+    verify: VerifyConfig | None = None,
 ) -> list[Job]:
     """Find the adapters below ``runs``, build each one's configs and check resuming is safe (no model load)."""
     from anogen.model.adapter import adapter_sha256, read_adapter_record
@@ -537,6 +541,7 @@ def prepare_jobs(
             raise InputError(f"adapters {seen[out_dir]} and {folder} both write to {out_dir}")
         seen[out_dir] = folder
         job = Job(folder, record, out_dir, category, defect, sample_cfg, mask_cfg, adapter_sha256(folder))
+        job.verify = verify_config_for(record, verify, overrides)
         _check_resume(job, mask_explicit)
         jobs.append(job)
     return jobs
@@ -684,6 +689,7 @@ def _run_json(job: Job, refs: References, dist: Dist) -> dict[str, Any]:
         "prompts": job.record.get("prompts"),
         "sample": dataclasses.asdict(job.sample),
         "mask": dataclasses.asdict(job.mask),
+        "verify": job.verify.to_dict(),
         "seed": job.sample.seed,
         "count": job.sample.count,
         "kept_count": job.keep_count,
@@ -888,6 +894,7 @@ def synthesize(
     progress: ProgressCallback | None = None,
     device: str | torch.device | None = None,
     dist: Dist | None = None,
+    verify: VerifyConfig | None = None,
 ) -> SynthSummary:
     """Generate ``count`` accepted (image, part, mask) triples per defect type below ``runs``.
 
@@ -897,13 +904,14 @@ def synthesize(
         sample (`SampleConfig`, *optional*): sampling settings; ``None`` takes each adapter's recorded ones.
         mask (`MaskConfig`, *optional*): mask settings; ``None`` takes each adapter's recorded ones (or, when
             resuming, the output folder's own, e.g. after ``anogen mask``).
-        overrides (`Mapping`, *optional*): ``{"sample": {...}, "mask": {...}}`` applied on top (CLI flags);
-            ``None`` values are ignored.
+        overrides (`Mapping`, *optional*): ``{"sample": {...}, "mask": {...}, "verify": {...}}`` applied on top
+            (CLI flags); ``None`` values are ignored.
         recipe (`str`, *optional*): ``reference`` or ``fast``: with ``sample`` ``None``, each adapter's sample
             settings come from its fit preset under this recipe instead of its recorded ones.
         progress (`ProgressCallback`, *optional*): receives accepted / count with rejected and samples/s.
         device (*optional*): defaults to the launcher's device, else CUDA when available, else CPU.
         dist (`Dist`, *optional*): defaults to :func:`current_dist` (environment of the launcher).
+        verify (`VerifyConfig`, *optional*): verification settings; ``None`` takes each adapter's recorded ones.
 
     Returns:
         SynthSummary: per defect type: accepted, rejected by reason, mean mask area, time, throughput;
@@ -914,7 +922,7 @@ def synthesize(
             adapter made for another backbone; raised before anything is generated.
     """
     start = time.monotonic()
-    jobs = prepare_jobs(Path(runs), Path(out), sample, mask, overrides=overrides, recipe=recipe)
+    jobs = prepare_jobs(Path(runs), Path(out), sample, mask, overrides=overrides, recipe=recipe, verify=verify)
     dist = dist or current_dist()
     if device is None:
         device = dist.device or ("cuda" if torch.cuda.is_available() else "cpu")

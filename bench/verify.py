@@ -254,7 +254,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     backbone = load_backbone("toy")
-    config = VerifyConfig()
+    config = VerifyConfig(mode="reject")
     load = os.getloadavg()
     results: dict[str, Any] = {"config": config.to_dict(), "load_before": load, "seeds": []}
     for seed in args.seeds:

@@ -43,6 +43,30 @@ ThresholdOpt = Annotated[
 OnObjectOpt = Annotated[
     bool, typer.Option("--on-object-only", help="Reject masks lying mostly off the object (needs a prior).")
 ]
+VerifyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--verify",
+        help="Check each sample against the category's normals (docs/verify.md): reject (failing samples are "
+        "rejected), score (scores recorded, nothing rejected) or off. Default: the adapter's fit preset "
+        "(reject for toy/, score for mvtec/, visa/ and generic/).",
+    ),
+]
+MinAlignmentOpt = Annotated[
+    float | None,
+    typer.Option("--min-alignment", help="Least alignment (AUROC of the anomaly map against the mask, 0-1; "
+                 "0.5 is chance) of an accepted sample; below it: misaligned."),
+]
+MaxBackgroundOpt = Annotated[
+    float | None,
+    typer.Option("--max-background", help="Most anomalous score allowed outside the mask, in normal units "
+                 "(1.0: a held-out normal's 95th-percentile peak); above it: background."),
+]
+MinCopyOpt = Annotated[
+    float | None,
+    typer.Option("--min-copy-distance", help="Least distance to the nearest training shot, in units of the "
+                 "backbone's own round-trip error; below it: copy."),
+]
 
 
 def parse_threshold(value: str | None) -> float | str | None:
@@ -87,6 +111,10 @@ def synth_command(
     ] = None,
     threshold: ThresholdOpt = None,
     on_object_only: OnObjectOpt = False,
+    verify: VerifyOpt = None,
+    min_alignment: MinAlignmentOpt = None,
+    max_background: MaxBackgroundOpt = None,
+    min_copy_distance: MinCopyOpt = None,
     preset: PresetOpt = None,
     recipe: RecipeOpt = None,
     config: ConfigOpt = None,
@@ -114,13 +142,21 @@ def synth_command(
             "mixed_precision": mixed_precision,
         },
         "mask": {"threshold": parse_threshold(threshold), "on_object_only": True if on_object_only else None},
+        "verify": {
+            "mode": verify.strip().lower() if verify is not None else None,
+            "alignment_min": min_alignment,
+            "background_max": max_background,
+            "copy_min": min_copy_distance,
+        },
     }
-    sample_cfg = mask_cfg = None
+    sample_cfg = mask_cfg = verify_cfg = None
     if preset is not None or config is not None:
         resolved = resolve(preset, config, overrides, recipe=recipe)
-        sample_cfg, mask_cfg = resolved.sample, resolved.mask
+        sample_cfg, mask_cfg, verify_cfg = resolved.sample, resolved.mask, resolved.verify
     if dry_run:
-        jobs = sample_lib.prepare_jobs(runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe)
+        jobs = sample_lib.prepare_jobs(
+            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, verify=verify_cfg
+        )
         sample_lib.check_backbones(jobs)  # what the real run checks before it loads weights
         entries = sample_lib.plan(jobs)
         if main_process:
@@ -128,7 +164,8 @@ def synth_command(
         return
     with out_.progress() as display:
         summary = sample_lib.synthesize(
-            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, progress=display, device=device
+            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, progress=display, device=device,
+            verify=verify_cfg,
         )
     if not main_process:
         return

@@ -128,9 +128,10 @@ def score_sample(
 def reject_reason(scores: CheckScores, config: VerifyConfig | None = None) -> str | None:
     """``None`` (accept) or the first failing reason of :data:`REASONS`; only mode ``reject`` rejects.
 
-    A NaN alignment (empty mask) fails ``misaligned``: nothing can be verified about it.
+    A NaN alignment (empty mask) fails ``misaligned``: nothing can be verified about it. Without a config, the
+    default thresholds in mode ``reject`` (the question asked is "would it fail?").
     """
-    config = config or VerifyConfig()
+    config = config or VerifyConfig(mode="reject")
     if config.mode != "reject":
         return None
     if math.isnan(scores.alignment) or scores.alignment < config.alignment_min:

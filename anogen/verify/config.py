@@ -1,7 +1,8 @@
 """The one config object of sample verification: how the normal model is built and where the checks draw the line.
 
-Not yet a section of :mod:`anogen.config` (``synth`` does not use verification yet); when it is wired in, this
-dataclass becomes the preset's ``verify:`` section unchanged.
+It is the ``verify:`` section of a preset (:data:`anogen.config.SECTIONS` uses this class; there is no second one),
+so presets, ``--config`` files and ``anogen synth`` flags (``--verify``, ``--min-alignment``, ``--max-background``,
+``--min-copy-distance``) set it. No torch here: :mod:`anogen.config` imports it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ class VerifyConfig:
     held-out normal image, so thresholds carry over between backbones.
 
     Args:
-        mode (`str`, defaults to `"reject"`): ``reject`` (failing samples are rejected with a reason), ``score``
-            (scores recorded, nothing rejected) or ``off`` (no scoring).
+        mode (`str`, defaults to `"off"`): ``reject`` (failing samples are rejected with a reason), ``score``
+            (scores recorded, nothing rejected) or ``off`` (no scoring). The default is ``off`` so that a config
+            without a ``verify:`` section (an adapter fitted before verification existed) behaves as before; the
+            toy presets set ``reject``, the SD-1.x presets ``score`` until their thresholds are validated on real
+            data (docs/presets.md).
         feature_blocks (`tuple[int, ...]`, defaults to `(-2,)`): the VAE encoder's down blocks whose outputs
             are the features; negative indices count from the deepest. -2 is the last block that downsamples:
             its output has the latent's resolution in SD-1.x VAEs (the deepest block does not downsample).
@@ -68,7 +72,7 @@ class VerifyConfig:
             which removes the fine noise the autoencoder does not reproduce.
     """
 
-    mode: Mode = "reject"
+    mode: Mode = "off"
     feature_blocks: tuple[int, ...] = (-2,)
     feature_pool: int = 1
     position_weight: float = 0.5
@@ -109,6 +113,15 @@ class VerifyConfig:
         for name in ("position_weight", "blur_sigma", "alignment_band", "background_margin", "copy_blur"):
             if getattr(self, name) < 0:
                 raise InputError(f"verify {name} must be >= 0, got {getattr(self, name)}")
+        # The thresholds: alignment is an AUROC, the other two are ratios of non-negative numbers.
+        if not 0.0 <= self.alignment_min <= 1.0:
+            raise InputError(f"verify alignment_min (--min-alignment) must lie in [0, 1], got {self.alignment_min}")
+        if not self.background_max >= 0.0:  # also refuses NaN
+            raise InputError(f"verify background_max (--max-background) must be >= 0, got {self.background_max}")
+        if not self.copy_min >= 0.0:
+            raise InputError(f"verify copy_min (--min-copy-distance) must be >= 0, got {self.copy_min}")
+        if not self.alignment_floor >= 0.0:
+            raise InputError(f"verify alignment_floor must be >= 0, got {self.alignment_floor}")
         if self.batch_size < 1 or self.copy_size < 8 or self.copy_max_shift < 0:
             raise InputError("verify batch_size must be >= 1, copy_size >= 8 and copy_max_shift >= 0")
 

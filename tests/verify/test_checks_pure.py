@@ -68,7 +68,7 @@ def test_checks_refuse_a_mask_of_another_size():
 
 
 def test_reject_reason_follows_thresholds_order_and_mode():
-    config = VerifyConfig(alignment_min=0.8, background_max=1.2, copy_min=1.5)
+    config = VerifyConfig(mode="reject", alignment_min=0.8, background_max=1.2, copy_min=1.5)
     assert reject_reason(CheckScores(0.9, 1.0, 3.0), config) is None
     assert reject_reason(CheckScores(0.7, 1.0, 3.0), config) == "misaligned"
     assert reject_reason(CheckScores(0.9, 1.3, 3.0), config) == "background"
@@ -77,7 +77,7 @@ def test_reject_reason_follows_thresholds_order_and_mode():
     # Several failures: the method's core failure is named first.
     assert reject_reason(CheckScores(0.1, 9.0, 0.0), config) == "misaligned"
     # Thresholds are parameters: a looser one accepts what the default rejects.
-    assert reject_reason(CheckScores(0.7, 1.0, 3.0), VerifyConfig(alignment_min=0.6)) is None
+    assert reject_reason(CheckScores(0.7, 1.0, 3.0), VerifyConfig(mode="reject", alignment_min=0.6)) is None
     for mode in ("score", "off"):
         assert reject_reason(CheckScores(0.1, 9.0, 0.0), VerifyConfig(mode=mode)) is None
 

@@ -18,7 +18,7 @@ from anogen.verify import VerifyConfig, reject_reason, score_sample
 from anogen.verify.shots import build_shot_bank
 from bench.verify import paste_patch, shift
 
-CONFIG = VerifyConfig()
+CONFIG = VerifyConfig(mode="reject")
 CORRECT_PASS_BAR = 0.85
 PASTED_FAIL_BAR = 0.85
 MOVED_FAIL_BAR = 0.9
