@@ -63,7 +63,13 @@ from anogen.masks import make_mask
 from anogen.progress import ProgressCallback, report
 from anogen.seeding import derive_seed
 from anogen.verify.config import VerifyConfig
-from anogen.verify.synth import verify_config_for
+from anogen.verify.synth import (
+    OutputRescorer,
+    SampleVerifier,
+    normal_model_for,
+    verifier_for,
+    verify_config_for,
+)
 
 if TYPE_CHECKING:
     from anogen.model.backbone import Backbone
@@ -755,9 +761,11 @@ def _report_counts(
 
 
 def _write_attempt(
-    job: Job, sample_id: int, seed: int, image: np.ndarray, part: np.ndarray, refs: References, log_path: Path
+    job: Job, sample_id: int, seed: int, image: np.ndarray, part: np.ndarray, refs: References, log_path: Path,
+    verifier: SampleVerifier | None = None,
 ) -> dict[str, Any]:
     result = make_mask(part, job.mask, size=image.shape[:2], object_mask=refs.object_mask(sample_id))
+    accepted, reason = result.accepted, result.reason
     name = sample_name(sample_id)
     save_png_atomic(job.out_dir / "image" / f"{name}.png", image)
     save_png_atomic(job.out_dir / "part" / f"{name}.png", part)
@@ -765,13 +773,16 @@ def _write_attempt(
     extra: dict[str, Any] = {}
     if refs.stems:
         extra["reference"] = refs.stems[refs.index(sample_id)]
+    if verifier is not None and result.accepted and result.mask.any():  # docs/verify.md: only what masks accept
+        extra["verify"], reason = verifier.check(image, result.mask)
+        accepted = reason is None
     row = make_row(
         sample_id,
         seed=seed,
         category=job.category,
         defect=job.defect,
-        accepted=result.accepted,
-        reason=result.reason,
+        accepted=accepted,
+        reason=reason,
         mask_area=result.area,
         adapter_sha256=job.adapter_sha256,
         **extra,
@@ -851,6 +862,7 @@ def _synth_job(
             from anogen.bcm_sampling import encode_grey
 
             grey_latent = encode_grey(backbone, device=device)
+    verifier = verifier_for(job, backbone)
     for sub in SUBDIRS:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     generated = 0
@@ -869,7 +881,8 @@ def _synth_job(
                 ids=batch, background_latents=background_latents, grey_latent=grey_latent, device=device,
             )
             for k, sample_id in enumerate(batch):
-                rows[sample_id] = _write_attempt(job, sample_id, seeds[k], images[k], parts[k], refs, log_path)
+                rows[sample_id] = _write_attempt(job, sample_id, seeds[k], images[k], parts[k], refs, log_path,
+                                                 verifier)
             generated += len(batch)
             if dist.world > 1:
                 rows.update({i: r for i, r in read_all_rows(folder).items() if i not in rows})
@@ -941,6 +954,9 @@ def synthesize(
                 f"{backbone.content_hash[:12]}",
                 hint="refit the adapter on this backbone, or restore the backbone it was made with",
             )
+        if job.verify.mode != "off" and dist.rank == 0:
+            normal_model_for(job.record, job.out_dir.parent, backbone, job.verify)  # built once, before the ranks
+    dist.barrier()
     for job in jobs:
         generated, elapsed, shown = _synth_job(job, cache, dist, device, progress)
         dist.barrier()
@@ -1031,6 +1047,7 @@ def remask(
         marker = folder / REMASK_MARKER
         write_json_atomic(marker, {"mask": dataclasses.asdict(cfg)})
         before = len(result_rows(rows, run.get("count")))
+        rescorer = OutputRescorer(folder, run)
         new_rows = []
         missing = [row["part"] for row in rows if not (folder / row["part"]).is_file()]
         if missing:
@@ -1042,9 +1059,13 @@ def remask(
                 size = (img.height, img.width)
             obj = refs.object_mask(int(row["id"])) if refs.object_masks else None
             result = make_mask(part, cfg, size=size, object_mask=obj)
+            changed = not (folder / row["mask"]).is_file() or not np.array_equal(
+                load_mask(folder / row["mask"]) > 0, result.mask > 0)
+            accepted, reason, scores = rescorer.verdict(row, result.mask, changed, result.accepted, result.reason)
             save_png_atomic(folder / row["mask"], result.mask)
-            new_rows.append({**row, "accepted": result.accepted, "reason": result.reason,
-                             "mask_area": round(result.area, 6)})
+            new_row = {k: v for k, v in row.items() if k != "verify"}  # scores of the old mask must not stay
+            new_rows.append({**new_row, "accepted": accepted, "reason": reason, "mask_area": round(result.area, 6),
+                             **({"verify": scores} if scores is not None else {})})
             report(progress, f"mask {folder.parent.name}/{folder.name}", k + 1, len(rows))
         write_manifest(folder, new_rows)
         run["mask"] = dataclasses.asdict(cfg)

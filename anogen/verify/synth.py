@@ -1,15 +1,29 @@
-"""How ``anogen synth`` takes its verification settings: the ``verify:`` section of each job.
+"""Verification inside ``anogen synth``: each job's ``verify:`` settings and the checks of each attempt.
 
-Kept out of :mod:`anogen.sample` (already large); no torch here.
+Kept out of :mod:`anogen.sample` (already large), which calls :func:`verify_config_for` when it prepares a job
+and :func:`verifier_for` / :meth:`SampleVerifier.check` when it writes an attempt. With mode ``off`` no verifier
+exists and synth takes exactly its earlier path. No torch at import.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from anogen.errors import InputError
 from anogen.verify.config import VerifyConfig
+
+if TYPE_CHECKING:
+    from anogen.data.model import Category
+    from anogen.model.backbone import Backbone
+    from anogen.sample import Job
+    from anogen.verify.normal import NormalModel
+    from anogen.verify.shots import ShotBank
 
 
 def verify_config_for(
@@ -37,3 +51,138 @@ def verify_config_for(
     base = {k: v for k, v in base.items() if k in names}
     base.update({k: v for k, v in (overrides or {}).get("verify", {}).items() if v is not None})
     return resolve(overrides={"verify": base}).verify
+
+
+# Where a synth output keeps its category's normal model: hidden, so that folder walks (export, report) skip it.
+CACHE_DIR = ".verify"
+
+
+@dataclass
+class SampleVerifier:
+    """What ``synth`` checks each attempt with: the category's normal model and the defect type's shots."""
+
+    config: VerifyConfig
+    model: NormalModel
+    shots: ShotBank | None
+
+    def check(self, image: np.ndarray, mask: np.ndarray) -> tuple[dict[str, float | None], str | None]:
+        """The three scores of one attempt (JSON-ready) and its reject reason (always ``None`` unless ``reject``)."""
+        from anogen.verify.checks import reject_reason, score_sample
+
+        scores = score_sample(image, mask, self.model.anomaly_map(image), self.model, self.shots, self.config)
+        return scores.to_dict(), reject_reason(scores, self.config)
+
+
+def _category_of(record: Mapping[str, Any]) -> Category:
+    from anogen.data import read_category
+
+    data = record.get("data") or {}
+    root = data.get("root")
+    what = f"{record.get('category')}/{record.get('defect')}"
+    if not root or not Path(str(root)).is_dir():
+        raise InputError(
+            f"verification of {what} needs the normals of its data set, and the adapter's data folder "
+            f"{root or '(none recorded)'} is not there",
+            hint="restore the data folder, or pass --verify off",
+        )
+    return read_category(Path(str(root)), dataset_format=str(data.get("format") or "auto"))
+
+
+def normal_model_for(
+    record: Mapping[str, Any], category_out: Path, backbone: Backbone, config: VerifyConfig
+) -> NormalModel:
+    """The category's normal model from its ``train/good`` normals (natural order), cached in
+    ``category_out/.verify/`` (built when missing or when its inputs changed)."""
+    from anogen.verify.cache import load_or_build_normal_model
+
+    category = _category_of(record)
+    paths = [info.path for info in category.train_normals]
+    if not paths:
+        raise InputError(f"category {category.name} has no normal training images to verify against",
+                         hint="pass --verify off")
+    model, _ = load_or_build_normal_model(category_out / CACHE_DIR, paths, backbone, backbone.resolution, config)
+    return model
+
+
+def verifier_for(job: Job, backbone: Backbone) -> SampleVerifier | None:
+    """The verifier of one synth job, or ``None`` with mode ``off`` (synth then runs exactly as before)."""
+    return make_verifier(job.record, job.defect, job.out_dir.parent, backbone, job.verify)
+
+
+def make_verifier(
+    record: Mapping[str, Any], defect: str, category_out: Path, backbone: Backbone, config: VerifyConfig
+) -> SampleVerifier | None:
+    """The normal model of ``record``'s category and the shots of ``defect`` (``None`` with mode ``off``).
+
+    Args:
+        record (`Mapping`): the adapter's ``adapter.json`` (``data``: where the normals are; ``split.train``: the
+            shots fit trained on, the ``copy`` reference).
+        defect (`str`): the defect type whose shots are the reference.
+        category_out (`Path`): the synth output's category folder (the model is cached in its ``.verify/``).
+        backbone (`Backbone`): the backbone that made the samples.
+        config (`VerifyConfig`): parameters and thresholds.
+    """
+    from anogen.verify.cache import read_normal_image
+    from anogen.verify.shots import build_shot_bank
+
+    if config.mode == "off":
+        return None
+    model = normal_model_for(record, category_out, backbone, config)
+    stems = set((record.get("split") or {}).get("train") or [])
+    found = _category_of(record).defects.get(defect)
+    paths = [s.image.path for s in (found.samples if found else []) if s.stem in stems]
+    shots = None
+    if paths:
+        images = [read_normal_image(p, backbone.resolution) for p in paths]
+        shots = build_shot_bank(backbone, images, config)
+    return SampleVerifier(config, model, shots)
+
+
+class OutputRescorer:
+    """Keeps a synth folder's verification verdicts true when ``anogen mask`` rewrites its masks.
+
+    A sample whose mask is unchanged keeps its recorded scores (its verdict is re-derived from them with the
+    folder's thresholds); one whose mask changed, or that had no scores, is scored again (the normal model and the
+    backbone are loaded only then). A folder verified with mode ``off`` (or made before verification existed) is
+    left as ``anogen mask`` always left it.
+    """
+
+    def __init__(self, folder: Path, run: Mapping[str, Any]) -> None:
+        names = {f.name for f in dataclasses.fields(VerifyConfig)}
+        recorded = {k: v for k, v in (run.get("verify") or {}).items() if k in names}
+        self.config = VerifyConfig(**recorded) if recorded else VerifyConfig()
+        self.folder, self.run = folder, run
+        self._verifier: SampleVerifier | None = None
+        self.rescored = 0
+
+    def _get_verifier(self) -> SampleVerifier:
+        if self._verifier is None:
+            from anogen.model.adapter import read_adapter_record
+            from anogen.sample import _load_backbone_for
+
+            adapter_dir = Path(str((self.run.get("adapter") or {}).get("path") or ""))
+            record = read_adapter_record(adapter_dir) if (adapter_dir / "adapter.json").is_file() else self.run
+            backbone = _load_backbone_for(self.run, {}, "cpu")
+            verifier = make_verifier(record, str(self.run.get("defect")), self.folder.parent, backbone, self.config)
+            assert verifier is not None  # mode is not off here
+            self._verifier = verifier
+        return self._verifier
+
+    def verdict(
+        self, row: Mapping[str, Any], mask: np.ndarray, mask_changed: bool, accepted: bool, reason: str | None
+    ) -> tuple[bool, str | None, dict[str, float | None] | None]:
+        """(accepted, reason, scores or None) of a row whose new mask step said (``accepted``, ``reason``)."""
+        from anogen.io import load_rgb
+        from anogen.verify.checks import CheckScores, reject_reason
+
+        if self.config.mode == "off" or not accepted or not mask.any():
+            return accepted, reason, None
+        scores = row.get("verify")
+        if mask_changed or not isinstance(scores, Mapping):
+            image = np.asarray(load_rgb(self.folder / str(row["image"])))
+            scores, _ = self._get_verifier().check(image, mask)
+            self.rescored += 1
+        alignment = scores.get("alignment")
+        why = reject_reason(CheckScores(float("nan") if alignment is None else float(alignment),
+                                        float(scores["background"]), scores.get("copy")), self.config)
+        return why is None, why, dict(scores)

@@ -1,0 +1,169 @@
+"""Per-sample checks inside ``anogen synth`` (issue 14 item 2) on the tiny backbone (32 px, random weights).
+
+A real signal is not needed here: what is tested is the wiring. Independent expectations:
+- ``off`` takes the old path: a ``score`` run of the same seed writes the same image, part and mask bytes and the
+  same manifest fields (``score`` rejects nothing, so it must generate exactly what ``off`` does), and ``off``
+  rows carry no ``verify`` key (the byte-identity with the code before this change was checked once by hand
+  against the merge base: docs/verify.md);
+- ``reject`` with a threshold cut at the median of the ``score`` run's alignments rejects exactly the attempts
+  whose recorded alignment lies below it, as ``misaligned``, and keeps generating until ``count`` are accepted;
+- the normal model is built once per category into ``OUT/<category>/.verify`` and read from there afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anogen.errors import InputError
+from anogen.manifest import read_rows
+from anogen.masks import REASONS as MASK_REASONS
+from anogen.model.backbone import build_tiny
+from anogen.sample import synthesize
+from tests.test_sample import make_runs
+
+SUBS = ("image", "part", "mask")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    from anogen.data import read_category
+    from anogen.toy.data import make_category
+
+    root = tmp_path_factory.mktemp("verified")
+    data = make_category(root / "data", "object", seed=0, n_train=6, n_test_good=1, n_per_defect=3,
+                         defects=("stain",))
+    runs = make_runs(root / "runs", build_tiny(seed=0), category="object", defect="stain", perturb=0.3)
+    path = runs / "object" / "stain" / "adapter.json"
+    record = json.loads(path.read_text())
+    stems = [s.stem for s in read_category(data).defects["stain"].samples]
+    record["data"] = {"root": str(data), "format": "toy", "category": "object"}
+    record["split"] = {"train": stems[:2], "held_out": stems[2:]}
+    path.write_text(json.dumps(record))
+    return runs
+
+
+def _synth(runs: Path, out: Path, count: int, **verify) -> object:
+    return synthesize(runs, out, overrides={"sample": {"count": count, "max_attempts": 12, "batch_size": 4},
+                                            "verify": verify})
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {f"{s}/{p.name}": p.read_bytes() for s in SUBS for p in sorted((folder / s).glob("*.png"))}
+
+
+def _strip(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "verify"}
+
+
+@pytest.fixture(scope="module")
+def scored(runs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scored")
+    _synth(runs, out, 3, mode="score")
+    return out / "object" / "stain"
+
+
+def test_off_takes_the_old_path_and_score_changes_nothing(runs, scored, tmp_path):
+    _synth(runs, tmp_path, 3, mode="off")
+    off = tmp_path / "object" / "stain"
+    off_rows, score_rows = read_rows(off / "manifest.jsonl"), read_rows(scored / "manifest.jsonl")
+    assert off_rows and all("verify" not in r for r in off_rows)
+    assert not (tmp_path / "object" / ".verify").exists()
+    assert [_strip(r) for r in score_rows] == off_rows
+    assert _files(off) == _files(scored)
+    checked = [r for r in score_rows if "verify" in r]
+    # Every attempt the mask step accepted (and only those) carries the three scores as numbers.
+    assert [r["id"] for r in checked] == [r["id"] for r in off_rows if r["accepted"]]
+    for r in checked:
+        assert set(r["verify"]) == {"alignment", "background", "copy"}
+        assert all(isinstance(r["verify"][k], float) for k in ("background", "copy"))
+    assert json.loads((scored / "run.json").read_text())["verify"]["mode"] == "score"
+    assert (scored.parent / ".verify" / "normal_model.json").is_file()
+
+
+def test_reject_follows_the_recorded_scores(runs, scored, tmp_path):
+    scores = {r["id"]: r["verify"]["alignment"] for r in read_rows(scored / "manifest.jsonl") if "verify" in r}
+    values = sorted(v for v in scores.values() if v is not None)
+    assert len(set(values)) > 1, "the tiny backbone's attempts should not all align alike"
+    cut = float(np.median(values))
+    summary = _synth(runs, tmp_path, 2, mode="reject", alignment_min=cut, background_max=1e9, copy_min=0.0)
+    rows = read_rows(tmp_path / "object" / "stain" / "manifest.jsonl")
+    for r in rows:
+        if r["id"] in scores:
+            a = scores[r["id"]]
+            expected = "misaligned" if a is None or a < cut else None
+            assert (r["reason"], r["accepted"]) == (expected, expected is None), r
+            assert r["verify"]["alignment"] == a  # same seed: same image, same score
+    d = summary.defects[0]
+    assert d.rejected.get("misaligned", 0) == sum(1 for r in rows if r["reason"] == "misaligned") > 0
+    assert d.accepted == 2 or d.exhausted
+    # Rejected attempts keep their files, as mask rejections do.
+    assert all((tmp_path / "object" / "stain" / r["image"]).is_file() for r in rows)
+
+
+def test_same_seed_same_files_and_scores(runs, scored, tmp_path):
+    _synth(runs, tmp_path, 3, mode="score")
+    again = tmp_path / "object" / "stain"
+    assert (again / "manifest.jsonl").read_bytes() == (scored / "manifest.jsonl").read_bytes()
+    assert _files(again) == _files(scored)
+
+
+def test_normal_model_built_once(runs, tmp_path, monkeypatch):
+    import anogen.verify.cache
+
+    _synth(runs, tmp_path, 1, mode="score")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rebuilt although nothing changed")
+
+    monkeypatch.setattr(anogen.verify.cache, "build_normal_model", refuse)
+    _synth(runs, tmp_path, 3, mode="score")  # a top-up reads the cache
+    assert len(read_rows(tmp_path / "object" / "stain" / "manifest.jsonl")) >= 3
+
+
+def test_missing_data_is_a_clear_error(runs, tmp_path):
+    other = tmp_path / "runs"
+    folder = other / "object" / "stain"
+    folder.mkdir(parents=True)
+    for f in (runs / "object" / "stain").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    record = json.loads((folder / "adapter.json").read_text())
+    record["data"]["root"] = str(tmp_path / "gone")
+    (folder / "adapter.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="data folder .* is not there") as info:
+        _synth(other, tmp_path / "out", 1, mode="score")
+    assert "--verify off" in str(info.value.hint)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_mask_keeps_verdicts_and_rescores_changed_masks(runs, scored, tmp_path, monkeypatch):
+    import anogen.verify.synth
+    from anogen.sample import remask
+
+    values = [r["verify"]["alignment"] for r in read_rows(scored / "manifest.jsonl") if "verify" in r]
+    cut = float(np.median([v for v in values if v is not None]))
+    _synth(runs, tmp_path, 2, mode="reject", alignment_min=cut, background_max=1e9, copy_min=0.0)
+    folder = tmp_path / "object" / "stain"
+    original = (folder / "manifest.jsonl").read_bytes()
+    original_rows = read_rows(folder / "manifest.jsonl")
+    assert any(r["reason"] == "misaligned" for r in read_rows(folder / "manifest.jsonl"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nothing changed: nothing to score")
+
+    # Same mask settings: no mask changes, so no scoring, and verification's rejections stay rejected.
+    with monkeypatch.context() as m:
+        m.setattr(anogen.verify.synth, "make_verifier", refuse)
+        remask(folder)
+    assert (folder / "manifest.jsonl").read_bytes() == original
+    # Other masks: their scores are computed again (no row keeps the scores of a mask it no longer has) ...
+    remask(folder, overrides={"threshold": 0.05})
+    changed = read_rows(folder / "manifest.jsonl")
+    assert [r.get("verify") for r in changed] != [r.get("verify") for r in original_rows]
+    assert all(("verify" in r) == (r["reason"] not in MASK_REASONS) for r in changed)
+    # ... and rescoring is deterministic: back to the first settings, the folder is what synth wrote.
+    remask(folder, overrides={"threshold": "otsu"})
+    assert (folder / "manifest.jsonl").read_bytes() == original
