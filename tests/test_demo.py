@@ -87,8 +87,10 @@ def test_demo_interrupted_in_fit_and_in_synth_finishes_on_rerun(tmp_path: Path) 
         assert record["steps_done"] == STEPS, folder
         steps = [row["step"] for row in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines())]
         assert steps == sorted(set(steps)) and steps[-1] == STEPS, (folder.name, steps)  # resumed, not repeated
-    synth = sorted((out / "synth" / "object").iterdir())
+    # .verify holds the category's normal model (the toy preset verifies samples: docs/verify.md)
+    synth = sorted(p for p in (out / "synth" / "object").iterdir() if not p.name.startswith("."))
     assert len(synth) == 3
+    assert (out / "synth" / "object" / ".verify" / "normal_model.json").is_file()
     for folder in synth:
         rows = read_rows(folder / "manifest.jsonl")
         assert [row["id"] for row in rows] == list(range(len(rows))), folder  # resumed: no attempt twice
