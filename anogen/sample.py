@@ -67,6 +67,7 @@ from anogen.verify.synth import (
     OutputRescorer,
     SampleVerifier,
     normal_model_for,
+    resume_verify,
     verifier_for,
     verify_config_for,
 )
@@ -535,6 +536,7 @@ def prepare_jobs(
 
     jobs = []
     mask_explicit = mask is not None or any(v is not None for v in (overrides or {}).get("mask", {}).values())
+    verify_explicit = verify is not None or any(v is not None for v in (overrides or {}).get("verify", {}).values())
     seen: dict[Path, Path] = {}
     for folder in find_adapter_dirs(runs):
         record = read_adapter_record(folder)
@@ -549,6 +551,7 @@ def prepare_jobs(
         job = Job(folder, record, out_dir, category, defect, sample_cfg, mask_cfg, adapter_sha256(folder))
         job.verify = verify_config_for(record, verify, overrides)
         _check_resume(job, mask_explicit)
+        resume_verify(job, read_run_json(job.out_dir), verify_explicit)
         jobs.append(job)
     return jobs
 

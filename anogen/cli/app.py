@@ -26,6 +26,7 @@ from anogen.cli import prior as prior_cmd
 from anogen.cli import report as report_cmd
 from anogen.cli import synth as synth_cmd
 from anogen.cli import toy as toy_cmd
+from anogen.cli import verify as verify_cmd
 from anogen.cli._output import Output
 from anogen.errors import AnogenError
 
@@ -121,6 +122,7 @@ app.command("report", epilog=report_cmd.EPILOG)(report_cmd.report_command)
 app.command("prior", epilog=prior_cmd.EPILOG)(prior_cmd.prior)
 app.command("synth", epilog=synth_cmd.EPILOG)(synth_cmd.synth_command)
 app.command("mask", epilog=mask_cmd.EPILOG)(mask_cmd.mask_command)
+app.command("verify", epilog=verify_cmd.EPILOG)(verify_cmd.verify_command)
 
 
 def main() -> None:

@@ -186,3 +186,25 @@ class OutputRescorer:
         why = reject_reason(CheckScores(float("nan") if alignment is None else float(alignment),
                                         float(scores["background"]), scores.get("copy")), self.config)
         return why is None, why, dict(scores)
+
+
+def resume_verify(job: Job, run: Mapping[str, Any] | None, explicit: bool) -> None:
+    """Continue a folder with its own verification settings (``anogen verify`` may have changed them).
+
+    As with masks: no verification setting asked for (no ``--verify`` / threshold flag, no ``--preset`` /
+    ``--config``) keeps the folder's recorded ``verify``; explicit settings that differ from it are refused, so
+    one folder never mixes two sets of thresholds.
+    """
+    from anogen.config import resolve
+    from anogen.errors import CompatibilityError
+
+    old = (run or {}).get("verify")
+    if not isinstance(old, Mapping) or dict(old) == job.verify.to_dict():
+        return
+    if explicit:
+        raise CompatibilityError(
+            f"{job.out_dir}: existing samples were verified with other settings",
+            hint=f"re-judge them first with `anogen verify {job.out_dir} ...`, then synth tops up",
+        )
+    names = {f.name for f in dataclasses.fields(VerifyConfig)}
+    job.verify = resolve(overrides={"verify": {k: v for k, v in old.items() if k in names}}).verify

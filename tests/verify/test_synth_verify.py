@@ -167,3 +167,76 @@ def test_mask_keeps_verdicts_and_rescores_changed_masks(runs, scored, tmp_path, 
     # ... and rescoring is deterministic: back to the first settings, the folder is what synth wrote.
     remask(folder, overrides={"threshold": "otsu"})
     assert (folder / "manifest.jsonl").read_bytes() == original
+
+
+def _cut(scored: Path) -> float:
+    values = [r["verify"]["alignment"] for r in read_rows(scored / "manifest.jsonl") if "verify" in r]
+    return float(np.median([v for v in values if v is not None]))
+
+
+def test_verify_then_top_up_equals_verified_from_start(runs, scored, tmp_path, monkeypatch):
+    import anogen.verify.synth
+    from anogen.verify.rescore import verify_output
+
+    thresholds = {"alignment_min": _cut(scored), "background_max": 1e9, "copy_min": 0.0}
+
+    def synth(out: Path, **verify) -> None:
+        # batch 1: an attempt's pixels must not depend on which attempts share its batch (tests/test_sample.py)
+        synthesize(runs, out, overrides={"sample": {"count": 2, "max_attempts": 12, "batch_size": 1},
+                                         "verify": verify})
+
+    synth(tmp_path / "b", mode="reject", **thresholds)  # verified from the start
+    synth(tmp_path / "a")  # the adapter records no verify section: off
+    folder = tmp_path / "a" / "object" / "stain"
+    assert all("verify" not in r for r in read_rows(folder / "manifest.jsonl"))
+
+    # Killed while scoring: nothing is written, and the rerun gives the uninterrupted result.
+    calls = {"n": 0}
+    verdict = anogen.verify.synth.OutputRescorer.verdict
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return verdict(self, *args, **kwargs)
+
+    before = (folder / "manifest.jsonl").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(anogen.verify.synth.OutputRescorer, "verdict", dies)
+        with pytest.raises(KeyboardInterrupt):
+            verify_output(tmp_path / "a", overrides={"mode": "reject", **thresholds})
+    assert (folder / "manifest.jsonl").read_bytes() == before
+
+    first = verify_output(tmp_path / "a", overrides=thresholds).folders[0]  # mode: reject for an unverified folder
+    assert first["changed"] and first["scored"] > 0
+    assert first["rejected"].get("misaligned") and first["needs_top_up"]  # the top-up below has work to do
+    assert json.loads((folder / "run.json").read_text())["verify"]["mode"] == "reject"
+    after = (folder / "manifest.jsonl").read_bytes()
+    second = verify_output(tmp_path / "a", overrides=thresholds).folders[0]
+    assert (not second["changed"], second["scored"]) == (True, 0)
+    assert (folder / "manifest.jsonl").read_bytes() == after  # a second run is a no-op
+
+    synth(tmp_path / "a")  # the same command again: tops up with the folder's (new) thresholds
+    b = tmp_path / "b" / "object" / "stain"
+    assert (folder / "manifest.jsonl").read_bytes() == (b / "manifest.jsonl").read_bytes()
+    assert _files(folder) == _files(b)
+    # Explicit other thresholds on a verified folder are refused (one folder, one set of thresholds).
+    from anogen.errors import CompatibilityError
+
+    with pytest.raises(CompatibilityError, match="verified with other settings"):
+        synth(tmp_path / "a", mode="reject", alignment_min=0.0)
+
+
+def test_verify_cli(runs, scored, tmp_path):
+    from typer.testing import CliRunner
+
+    from anogen.cli.app import app
+
+    synthesize(runs, tmp_path, overrides={"sample": {"count": 2, "max_attempts": 6, "batch_size": 4}})
+    result = CliRunner().invoke(app, ["verify", str(tmp_path), "--min-alignment", str(_cut(scored)), "--json"])
+    assert result.exit_code == 0, result.output
+    folder = json.loads(result.stdout)["folders"][0]
+    assert folder["scored"] > 0 and set(folder["rejected"]) <= {"misaligned", "background", "copy",
+                                                                 *MASK_REASONS}
+    bad = CliRunner().invoke(app, ["verify", str(tmp_path), "--mode", "off"])
+    assert bad.exit_code == 2 and "verify nothing" in bad.output
