@@ -1,9 +1,10 @@
 """``anogen report``: one self-contained HTML page (and a PNG contact sheet) to judge a synth run at a glance.
 
 Per defect type: adapter and sampling info, accepted/rejected counts with reasons, a mask-area histogram
-(inline SVG) and a grid of image | part | mask overlay thumbnails. Thumbnails are embedded as base64 PNG data
-URIs, so the page opens from disk in any browser, by mail or as a CI artefact, with no server and no sidecar
-files. The contact sheet (``FILE.png``) shows the same grids for terminals and CI logs.
+(inline SVG) and a grid of image | part | mask overlay thumbnails; for verified outputs, the score distributions
+with their thresholds and the worst accepted / best rejected samples (``report_verify.py``). Thumbnails are
+embedded as base64 PNG data URIs, so the page opens from disk in any browser, by mail or as a CI artefact, with
+no server and no sidecar files. The contact sheet (``FILE.png``) shows the same grids for terminals and CI logs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw
 from anogen import __version__
 from anogen.errors import InputError
 from anogen.export.common import SynthSet, find_synth_folders, read_synth_set
+from anogen.export.report_verify import verify_block
 from anogen.io import to_rgb, write_bytes_atomic, write_text_atomic
 from anogen.progress import ProgressCallback, report
 
@@ -182,14 +184,15 @@ code{font-size:12px}
 """
 
 
-def _figure(row: dict[str, Any], synth: SynthSet, shown_ids: list[int]) -> str:
+def _figure(row: dict[str, Any], synth: SynthSet, shown_ids: list[int],
+            extra: Sequence[tuple[str, Image.Image]] = ()) -> str:
     image, part, over = _triplet(row, synth)
     status = "accepted" if row.get("accepted") else f"rejected: {row.get('reason') or 'unknown'}"
     area = row.get("mask_area")
     area_text = f"{100 * float(area):.2f}%" if isinstance(area, (int, float)) else "?"
     imgs = "".join(
         f'<img src="{_data_uri(_thumb(pic, THUMB))}" alt="{label} {row["id"]}" title="{label}">'
-        for label, pic in (("image", image), ("part", part), ("mask overlay", over))
+        for label, pic in (("image", image), ("part", part), ("mask overlay", over), *extra)
     )
     shown_ids.append(int(row["id"]))
     css = "accepted" if row.get("accepted") else "rejected"
@@ -239,6 +242,7 @@ def _section(synth: SynthSet, summary: DefectSummary, max_per_defect: int) -> st
     grid = "".join(_figure(r, synth, shown_ids) for r in accepted_rows)
     rejected_grid = "".join(_figure(r, synth, shown_ids) for r in rejected_rows)
     summary.shown = len(shown_ids)
+    verified = verify_block(synth, lambda row, extra: _figure(row, synth, [], extra))
     title = html.escape(f"{synth.category} / {synth.defect}")
     more = summary.selected - len(accepted_rows)
     more_text = f"<p>{more} more accepted samples not shown (--max-per-defect).</p>" if more > 0 else ""
@@ -251,7 +255,7 @@ def _section(synth: SynthSet, summary: DefectSummary, max_per_defect: int) -> st
         f"<div><div>mask area (green accepted, grey rejected)</div>{histogram_svg(acc_areas, rej_areas)}</div></div>"
         f'<h3>accepted (image | part | mask overlay)</h3><div class="grid">{grid or "<p>none</p>"}</div>{more_text}'
         f'<h3>rejected</h3><div class="grid">{rejected_grid or "<p>none</p>"}</div>'
-        "</section>"
+        f"{verified}</section>"
     )
 
 

@@ -155,6 +155,10 @@ class OutputRescorer:
         self._verifier: SampleVerifier | None = None
         self.rescored = 0
 
+    def model(self) -> NormalModel:
+        """The category's normal model (loads the backbone and the cached model on first use)."""
+        return self._get_verifier().model
+
     def _get_verifier(self) -> SampleVerifier:
         if self._verifier is None:
             from anogen.model.adapter import read_adapter_record

@@ -240,3 +240,31 @@ def test_verify_cli(runs, scored, tmp_path):
                                                                  *MASK_REASONS}
     bad = CliRunner().invoke(app, ["verify", str(tmp_path), "--mode", "off"])
     assert bad.exit_code == 2 and "verify nothing" in bad.output
+
+
+def test_report_shows_scores_thresholds_and_the_pair(runs, scored, tmp_path):
+    import re
+
+    from anogen.export.report import write_report
+
+    cut = _cut(scored)
+    synthesize(runs, tmp_path / "s", overrides={"sample": {"count": 2, "max_attempts": 12, "batch_size": 4},
+                                                "verify": {"mode": "reject", "alignment_min": cut,
+                                                           "background_max": 1e9, "copy_min": 0.0}})
+    write_report([tmp_path / "s"], tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    rows = read_rows(tmp_path / "s" / "object" / "stain" / "manifest.jsonl")
+    for name in ("alignment", "background", "copy"):
+        assert f'data-score="{name}"' in page
+    assert f"alignment_min = {cut}" in page
+    # The threshold line sits where the cut lies on the chart's axis (left of it: lower alignments).
+    chart = page.split('data-score="alignment"')[1].split("</svg>")[0]
+    x = float(re.search(r'class="threshold" x1="([0-9.]+)"', chart).group(1))
+    values = [r["verify"]["alignment"] for r in rows if "verify" in r and r["verify"]["alignment"] is not None]
+    low, high = min([*values, cut]), max([*values, cut])
+    assert abs(x - 240 * (cut - low) / (high - low)) < 0.11
+    worst = min((r for r in rows if r["accepted"]), key=lambda r: r["verify"]["alignment"])
+    best = max((r for r in rows if r["reason"] == "misaligned"), key=lambda r: r["verify"]["alignment"])
+    for pick, row in (("worst accepted", worst), ("best rejected", best)):
+        block = page.split(f'data-pick="{pick}"')[1].split("</figure>")[0]
+        assert f'data-id="{row["id"]}"' in block and 'alt="anomaly map' in block
