@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from anogen.errors import AnogenError
+
 if TYPE_CHECKING:
     from anogen.export.sources import SynthSet
 
@@ -103,7 +105,7 @@ def verify_block(synth: SynthSet, figure: Any, *, maps: bool = True) -> str:
         from anogen.verify.synth import OutputRescorer
 
         rescorer = OutputRescorer(synth.folder, synth.run)
-    figures = []
+    figures, note = [], ""
     for item in pair:
         if item is None:
             continue
@@ -111,9 +113,13 @@ def verify_block(synth: SynthSet, figure: Any, *, maps: bool = True) -> str:
         extra = []
         if rescorer is not None and rescorer.config.mode != "off":
             image = np.asarray(Image.open(synth.folder / row["image"]).convert("RGB"))
-            extra.append(("anomaly map", heat(rescorer.model().anomaly_map(image))))
+            try:
+                extra.append(("anomaly map", heat(rescorer.model().anomaly_map(image))))
+            except AnogenError as exc:  # e.g. the data folder moved: the rest of the report still stands
+                note = f"<p>anomaly maps unavailable: {html.escape(exc.message)}</p>"
+                rescorer = None
         figures.append(f'<div class="verify-pair" data-pick="{label}"><div>{html.escape(label)}</div>'
                        f"{figure(row, extra)}</div>")
     return (f'<h3>verification ({html.escape(str(config.get("mode")))})</h3>'
             f'<div style="display:flex;gap:2em;flex-wrap:wrap">{"".join(charts)}</div>'
-            f'<div style="display:flex;gap:2em;flex-wrap:wrap">{"".join(figures)}</div>')
+            f'<div style="display:flex;gap:2em;flex-wrap:wrap">{"".join(figures)}</div>{note}')

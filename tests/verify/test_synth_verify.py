@@ -268,3 +268,11 @@ def test_report_shows_scores_thresholds_and_the_pair(runs, scored, tmp_path):
     for pick, row in (("worst accepted", worst), ("best rejected", best)):
         block = page.split(f'data-pick="{pick}"')[1].split("</figure>")[0]
         assert f'data-id="{row["id"]}"' in block and 'alt="anomaly map' in block
+    # Without the normals (data folder gone) the report is still written, without maps, and says why.
+    run_path = tmp_path / "s" / "object" / "stain" / "run.json"
+    run = json.loads(run_path.read_text())
+    run["adapter"]["path"], run["data"] = str(tmp_path / "no-adapter"), {"root": str(tmp_path / "gone")}
+    run_path.write_text(json.dumps(run))
+    write_report([tmp_path / "s"], tmp_path / "report2.html")
+    page = (tmp_path / "report2.html").read_text(encoding="utf-8")
+    assert "anomaly maps unavailable" in page and 'alt="anomaly map' not in page and 'data-pick="best rejected"' in page
