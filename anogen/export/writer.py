@@ -124,33 +124,18 @@ def _refuse_other_format(out: Path, state: str, fmt: str) -> None:
     )
 
 
-def _read_journal(out: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    path = out / JOURNAL
-    if not path.is_file():
-        return done
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: that file is simply redone
-            if isinstance(row, dict) and "rel" in row:
-                done[row["rel"]] = row
-    return done
-
-
-def _read_previous_manifest(out: Path) -> dict[str, dict[str, Any]]:
+def _rows_by(path: Path, key: str) -> dict[str, dict[str, Any]]:
+    """The JSON-lines rows of ``path`` that name ``key``, by that value (a torn or odd line is skipped: its
+    file is simply redone)."""
     rows: dict[str, dict[str, Any]] = {}
-    path = out / EXPORT_MANIFEST
     if not path.is_file():
         return rows
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             with contextlib.suppress(json.JSONDecodeError):
                 row = json.loads(line)
-                if isinstance(row, dict) and "path" in row:
-                    rows[row["path"]] = row
+                if isinstance(row, dict) and key in row:
+                    rows[row[key]] = row
     return rows
 
 
@@ -279,7 +264,7 @@ def run_plan(
 
     fingerprints: dict[str, str] = {}
     digest = None
-    previous = _read_previous_manifest(out) if state in ("ours", "partial") else {}
+    previous = _rows_by(out / EXPORT_MANIFEST, "path") if state in ("ours", "partial") else {}
     if state == "ours" and not config.force:
         # The up-to-date test needs every fingerprint before anything is written; sources are read (hashed) here
         # only when the cache does not know them.
@@ -296,7 +281,7 @@ def run_plan(
                 _remember(cache, sources, quick, digest, out, [*previous])
                 return ExportResult(out, plan.format, "up_to_date", len(previous), 0, len(previous), 0, plan.summary)
 
-    journal_done = {} if config.force else _read_journal(out)
+    journal_done = {} if config.force else _rows_by(out / JOURNAL, "rel")
     if state == "partial":
         # After a power loss a journaled file may be empty or torn: keep only those whose bytes still match.
         journal_done = {rel: row for rel, row in journal_done.items() if _intact(out, row)}
