@@ -49,3 +49,19 @@ def epilog(*examples: str) -> str:
     """An ``--help`` epilog listing examples, one per line."""
     lines = "\n\n".join(f"  $ {example}" for example in examples)
     return f"Examples:\n\n{lines}"
+# Verification thresholds, shared by `synth` and `verify`.
+MinAlignmentOpt = Annotated[
+    float | None,
+    typer.Option("--min-alignment", help="Least alignment (AUROC of the anomaly map against the mask, 0-1; "
+                 "0.5 is chance) of an accepted sample; below it: misaligned."),
+]
+MaxBackgroundOpt = Annotated[
+    float | None,
+    typer.Option("--max-background", help="Most anomalous score allowed outside the mask, in normal units "
+                 "(1.0: a held-out normal's 95th-percentile peak); above it: background."),
+]
+MinCopyOpt = Annotated[
+    float | None,
+    typer.Option("--min-copy-distance", help="Least distance to the nearest training shot, in units of the "
+                 "backbone's own round-trip error; below it: copy."),
+]

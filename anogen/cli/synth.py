@@ -19,6 +19,9 @@ from anogen.cli._common import (
     ConfigOpt,
     DryRunOpt,
     JsonOpt,
+    MaxBackgroundOpt,
+    MinAlignmentOpt,
+    MinCopyOpt,
     PresetOpt,
     QuietOpt,
     RecipeOpt,
@@ -49,23 +52,8 @@ VerifyOpt = Annotated[
         "--verify",
         help="Check each sample against the category's normals (docs/verify.md): reject (failing samples are "
         "rejected), score (scores recorded, nothing rejected) or off. Default: the adapter's fit preset "
-        "(reject for toy/, score for mvtec/, visa/ and generic/).",
+        "(score for every preset until its thresholds are validated).",
     ),
-]
-MinAlignmentOpt = Annotated[
-    float | None,
-    typer.Option("--min-alignment", help="Least alignment (AUROC of the anomaly map against the mask, 0-1; "
-                 "0.5 is chance) of an accepted sample; below it: misaligned."),
-]
-MaxBackgroundOpt = Annotated[
-    float | None,
-    typer.Option("--max-background", help="Most anomalous score allowed outside the mask, in normal units "
-                 "(1.0: a held-out normal's 95th-percentile peak); above it: background."),
-]
-MinCopyOpt = Annotated[
-    float | None,
-    typer.Option("--min-copy-distance", help="Least distance to the nearest training shot, in units of the "
-                 "backbone's own round-trip error; below it: copy."),
 ]
 
 

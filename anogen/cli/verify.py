@@ -14,8 +14,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from anogen.cli._common import JsonOpt, QuietOpt, epilog, make_output
-from anogen.cli.synth import MaxBackgroundOpt, MinAlignmentOpt, MinCopyOpt
+from anogen.cli._common import (
+    JsonOpt,
+    MaxBackgroundOpt,
+    MinAlignmentOpt,
+    MinCopyOpt,
+    QuietOpt,
+    epilog,
+    make_output,
+)
 
 EPILOG = epilog(
     "anogen verify synth",
