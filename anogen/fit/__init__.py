@@ -23,9 +23,9 @@ Several processes (``accelerate launch``) split the work in one of two ways (``p
   with an explicit all-reduce, the main process writes every file.
 
 Its modules, one concern each (they import each other directly, never through this package):
-``plan`` (results, planning, input checks), ``resume`` (resume checks), ``estimate`` (time, parameters, memory),
-``data`` (training images, flips, latent cache), ``step`` (batch draw, pair loss), ``checkpoints``,
-``validation`` and ``loop`` (``fit`` itself, logs, the adapter record).
+``results`` (plan and result records), ``plan`` (planning, input checks), ``resume`` (resume checks),
+``estimate`` (time, parameters, memory), ``data`` (training images, flips, latent cache), ``step`` (batch draw,
+pair loss), ``checkpoints``, ``validation`` and ``loop`` (``fit`` itself, logs, the adapter record).
 """
 
 from anogen.fit.checkpoints import load_checkpoint, save_checkpoint
@@ -39,7 +39,8 @@ from anogen.fit.data import (
 )
 from anogen.fit.estimate import estimate_fit_seconds, estimate_peak_bytes, measured_s_per_step, unet_work
 from anogen.fit.loop import fit
-from anogen.fit.plan import DefectPlan, FitPlan, FitResult, ParallelMode, plan_fit, resolve_parallel
+from anogen.fit.plan import ParallelMode, plan_fit, resolve_parallel
+from anogen.fit.results import DefectPlan, FitPlan, FitResult
 from anogen.fit.resume import CHECKPOINT_SCHEMA_VERSION, RESUMABLE_TRAIN_FIELDS, check_resume
 from anogen.fit.step import StepBatch, draw_batch, pair_loss
 from anogen.fit.validation import VALIDATION_PAIRS, VALIDATION_SAMPLER_STEPS, validation_grid, write_validation

@@ -21,7 +21,8 @@ from anogen.data.split import Split
 from anogen.errors import DataError
 from anogen.fit.checkpoints import load_checkpoint, save_checkpoint
 from anogen.fit.data import build_latent_cache, load_training_images
-from anogen.fit.plan import DefectPlan, FitPlan, FitResult, ParallelMode, _background_sources, plan_fit
+from anogen.fit.plan import ParallelMode, _background_sources, plan_fit
+from anogen.fit.results import DefectPlan, FitPlan, FitResult
 from anogen.fit.resume import _checkpoints, _resume_key, check_resume
 from anogen.fit.step import _slice_batch, draw_batch, pair_loss
 from anogen.fit.validation import write_validation

@@ -20,6 +20,9 @@ CHECKPOINT_SCHEMA_VERSION = 1
 RESUMABLE_TRAIN_FIELDS = ("steps", "checkpoint_every", "checkpoints_keep", "validate_every", "save_dtype")
 
 
+# ------------------------------------------------------------------------------------------- resume checks
+
+
 def _resume_key(config: ResolvedConfig, backbone_hash: str | None, split: Split, data_world: int) -> dict[str, Any]:
     """What a checkpoint must agree on with the run that resumes it (everything a step computes with)."""
     train = {k: v for k, v in to_jsonable(config.to_dict()["train"]).items() if k not in RESUMABLE_TRAIN_FIELDS}
@@ -82,6 +85,8 @@ def _read_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def check_resume(checkpoint: Path, key: dict[str, Any], *, check_backbone_hash: bool) -> dict[str, Any]:
+    """The ``state.json`` of ``checkpoint``, after checking that it was made with ``key`` (its schema, config,
+    backbone and split); ``check_backbone_hash`` is False before the backbone is loaded (a dry run)."""
     state = _read_state(checkpoint)
     if state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
         raise CompatibilityError(
