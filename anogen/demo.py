@@ -142,11 +142,11 @@ def run_demo(
     from anogen.errors import CompatibilityError
     from anogen.export.common import ExportConfig, export
     from anogen.export.report import write_report
+    from anogen.fit import fit
     from anogen.model.backbone import load_backbone
     from anogen.model.spec import resolution_for_backbone
     from anogen.priors import build_prior
     from anogen.sample import remask, synthesize
-    from anogen.train import fit
 
     out = Path(config.out)
     result = DemoResult()

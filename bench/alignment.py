@@ -25,13 +25,13 @@ import numpy as np
 from anogen.config import resolve
 from anogen.data import read_category
 from anogen.eval.quality import alignment
+from anogen.fit import fit
 from anogen.io import load_mask, load_rgb
 from anogen.manifest import read_rows
 from anogen.model.backbone import load_backbone
 from anogen.priors import build_prior
 from anogen.sample import synthesize
 from anogen.toy.data import DEFECTS, defect_pixels, make_category
-from anogen.train import fit
 
 COUPLINGS = ("saim", "none")
 

@@ -235,8 +235,8 @@ def fit_row(backbone: Any, device: Any, recipe: str, precision: str, checkpointi
     frozen backbone in the precision, adapter fp32 under autocast, text-encoder LoRA when the recipe has one."""
     import torch
 
+    from anogen.fit import LatentCache, draw_batch, estimate_peak_bytes, pair_loss
     from anogen.model.dual import DualAdapter, encode_prompts
-    from anogen.train import LatentCache, draw_batch, estimate_peak_bytes, pair_loss
 
     config = _configs(recipe, bcm=True)
     pairs = config.train.batch_size

@@ -81,12 +81,12 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
     from anogen.errors import InputError
     from anogen.eval.protocol import read_synth
     from anogen.eval.quality import measure_quality, rejections
+    from anogen.fit import fit
     from anogen.manifest import read_all_rows
     from anogen.model.backbone import load_backbone
     from anogen.priors import build_prior
     from anogen.sample import synthesize
     from anogen.toy import defect_pixels, make_category
-    from anogen.train import fit
     from bench.common import random_toy_backbone
 
     work = Path(args["work"])

@@ -272,8 +272,8 @@ def task_unet_step(args: dict[str, Any]) -> dict[str, Any]:
 def _fit_inputs(backbone: Any, pairs: int, examples: int = 4) -> tuple[Any, Any]:
     import torch
 
+    from anogen.fit import LatentCache
     from anogen.model.dual import encode_prompts
-    from anogen.train import LatentCache
 
     side = backbone.resolution // backbone.vae_scale_factor
     g = torch.Generator().manual_seed(3)
@@ -301,7 +301,7 @@ def _second_unet(args: dict[str, Any], backbone: Any) -> Any:
 def _anogen_step(backbone: Any, args: dict[str, Any]) -> Any:
     import torch
 
-    from anogen.train import draw_batch, pair_loss
+    from anogen.fit import draw_batch, pair_loss
 
     pairs = int(args["pairs"])
     device = _device()
@@ -335,7 +335,7 @@ def _peft_step(unet: Any, backbone: Any, args: dict[str, Any]) -> Any:
     import torch
     from peft import LoraConfig
 
-    from anogen.train import draw_batch
+    from anogen.fit import draw_batch
 
     pairs = int(args["pairs"])
     device = _device()

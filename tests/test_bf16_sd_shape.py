@@ -61,13 +61,13 @@ def test_bf16_noise_prediction_at_sd15_shape(sd15):
 
 
 def test_bf16_fit_steps_at_sd15_shape(sd15, tmp_path, monkeypatch):
-    import anogen.train
+    import anogen.fit.loop
     from anogen.data import read_category
     from anogen.priors import build_prior
     from tests.test_train import write_toy_category
 
     # the end-of-fit validation grid samples dozens of steps: not what this test measures
-    monkeypatch.setattr(anogen.train, "_write_validation", lambda *args, **kwargs: None)
+    monkeypatch.setattr(anogen.fit.loop, "write_validation", lambda *args, **kwargs: None)
     category = read_category(write_toy_category(tmp_path / "data", size=RESOLUTION))
     build_prior(category, tmp_path / "priors", kind="object")
     losses = {}
@@ -75,8 +75,8 @@ def test_bf16_fit_steps_at_sd15_shape(sd15, tmp_path, monkeypatch):
         config = resolve("mvtec/bottle", None, {"train": {
             "resolution": RESOLUTION, "steps": 3, "checkpoint_every": 0, "validate_every": 0,
             "mixed_precision": precision, "learning_rate": 1e-4, "flips": []}})  # fmt: skip
-        [result] = anogen.train.fit(category, config, tmp_path / precision, prior_dir=tmp_path / "priors",
-                                    backbone=sd15)
+        [result] = anogen.fit.fit(category, config, tmp_path / precision, prior_dir=tmp_path / "priors",
+                                  backbone=sd15)
         log = [json.loads(line) for line in (result.folder / "train_log.jsonl").read_text().splitlines()]
         losses[precision] = [row["loss"] for row in log]
         assert all(torch.isfinite(p).all() for p in result.adapter.parameters())

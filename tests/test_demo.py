@@ -117,9 +117,9 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
 
     import anogen.export.common
     import anogen.export.report
+    import anogen.fit
     import anogen.model.backbone
     import anogen.sample
-    import anogen.train
     from anogen.cli.app import app
 
     out = tmp_path / "demo-out"
@@ -136,7 +136,7 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
         return []
 
     monkeypatch.setattr(anogen.model.backbone, "load_backbone", lambda spec: object())
-    monkeypatch.setattr(anogen.train, "fit", fake_fit)
+    monkeypatch.setattr(anogen.fit, "fit", fake_fit)
     monkeypatch.setattr(anogen.sample, "synthesize", lambda *a, **k: anogen.sample.SynthSummary())
     monkeypatch.setattr(anogen.sample, "remask", lambda *a, **k: None)
     monkeypatch.setattr(anogen.export.common, "export", lambda *a, **k: None)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from anogen.config import resolve
+from anogen.fit import estimate_peak_bytes
 from anogen.memory import GPU_SIZES_GIB, PeakEstimate, estimate_peak
-from anogen.train import estimate_peak_bytes
 
 GIB = 2**30
 

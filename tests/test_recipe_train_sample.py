@@ -11,11 +11,11 @@ import torch
 
 from anogen.bcm_sampling import pool_size, reference_index
 from anogen.config import AdapterConfig, SampleConfig, resolve
+from anogen.fit import fit
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter, DualState
 from anogen.sample import encode_backgrounds, sample_pairs, synthesize
-from anogen.train import fit
 from tests.test_sample import write_prior
 from tests.test_train import SIZE, write_toy_category
 
@@ -49,11 +49,11 @@ class _RecordingAdamW(torch.optim.AdamW):
 
 @pytest.mark.parametrize("max_grad_norm", [None, 1.0], ids=["no-clipping", "clip-1.0"])
 def test_an_exploding_loss_step_is_clipped(backbone, tmp_path, monkeypatch, max_grad_norm):
-    import anogen.train
+    import anogen.fit.loop
     from anogen.data import read_category
 
     category = read_category(write_toy_category(tmp_path / "data"))
-    real_loss = anogen.train.pair_loss
+    real_loss = anogen.fit.loop.pair_loss
     calls = []
 
     def exploding_loss(*args, **kwargs):
@@ -62,7 +62,7 @@ def test_an_exploding_loss_step_is_clipped(backbone, tmp_path, monkeypatch, max_
         return loss * 1e6 if len(calls) == 3 else loss  # step 3 explodes
 
     _RecordingAdamW.grad_norms, _RecordingAdamW.update_norms = [], []
-    monkeypatch.setattr(anogen.train, "pair_loss", exploding_loss)
+    monkeypatch.setattr(anogen.fit.loop, "pair_loss", exploding_loss)
     monkeypatch.setattr(torch.optim, "AdamW", _RecordingAdamW)
     lr = 1e-3
     config = resolve(None, None, {"backbone": {"id": "tiny"}, "adapter": {"rank": 4, "bcm": False},

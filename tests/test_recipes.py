@@ -141,7 +141,7 @@ def test_synth_recipe_takes_the_fit_preset_under_that_recipe() -> None:
 def test_fit_cli_recipe_reaches_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import anogen.train
+    import anogen.fit
     from anogen.cli.app import app
     from tests.test_train import write_toy_category
 
@@ -152,7 +152,7 @@ def test_fit_cli_recipe_reaches_the_config(tmp_path: Path, monkeypatch: pytest.M
         seen["config"] = config
         return []
 
-    monkeypatch.setattr(anogen.train, "fit", fake_fit)
+    monkeypatch.setattr(anogen.fit, "fit", fake_fit)
     result = CliRunner().invoke(app, ["fit", str(data), "--recipe", "fast", "--bcm", "off", "--out",
                                       str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""The fit loop (anogen/train.py) on the tiny backbone and toy-like 32 px trees, on the CPU.
+"""The fit loop (anogen/fit/) on the tiny backbone and toy-like 32 px trees, on the CPU.
 
 Expectations are independent of the loop: the loss is re-measured here from the images on disk with our own
 pair construction and a fixed set of timesteps and noise; reloaded adapters are compared with the in-memory
@@ -21,8 +21,8 @@ from PIL import Image
 from anogen.config import resolve
 from anogen.data import read_category
 from anogen.errors import CompatibilityError, DataError, InputError
+from anogen.fit import dihedral_variants, fit, plan_fit
 from anogen.io import canonical_safetensors
-from anogen.train import dihedral_variants, fit, plan_fit
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def category(tmp_path_factory):
 
 
 def _pairs_from_disk(category, defect: str) -> torch.Tensor:
-    """(2N, 3, 32, 32) rows whole, part for each training image, built here from the files (not by train.py)."""
+    """(2N, 3, 32, 32) rows whole, part for each training image, built here from the files (not by anogen.fit.data)."""
     rows = []
     for sample in sorted(category.defects[defect].samples, key=lambda s: s.stem)[:2]:  # floor(6/3) = 2 train
         img = np.asarray(Image.open(sample.image.path).convert("RGB"), dtype=np.float32) / 127.5 - 1
@@ -237,7 +237,7 @@ def test_same_inputs_give_the_same_adapter(category, tiny_backbone, tmp_path):
     assert _content(a.folder) == _content(b.folder)
     [c] = fit(category, small_config(steps=3, seed=1), tmp_path / "c", backbone=tiny_backbone)
     assert _content(a.folder) != _content(c.folder)
-    # checkpoints (written by train.py) are byte-identical already
+    # checkpoints (written by anogen/fit/checkpoints.py) are byte-identical already
     for name in ("state.safetensors", "state.json"):
         ca = a.folder / "checkpoints" / "step-000003" / name
         assert ca.read_bytes() == (b.folder / "checkpoints" / "step-000003" / name).read_bytes()
@@ -397,7 +397,7 @@ def test_a_checkpoint_from_before_the_recipe_fields_still_resumes(tmp_path):
 
     from anogen.config import resolve
     from anogen.errors import CompatibilityError
-    from anogen.train import CHECKPOINT_SCHEMA_VERSION, RESUMABLE_TRAIN_FIELDS, _check_resume
+    from anogen.fit import CHECKPOINT_SCHEMA_VERSION, RESUMABLE_TRAIN_FIELDS, check_resume
 
     config = resolve("toy/object").to_dict()
     key = {
@@ -415,12 +415,12 @@ def test_a_checkpoint_from_before_the_recipe_fields_still_resumes(tmp_path):
     checkpoint.mkdir()
     state = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "step": 10, "resume_key": old}
     (checkpoint / "state.json").write_text(json_.dumps(state))
-    assert _check_resume(checkpoint, key, check_backbone_hash=True)["step"] == 10
+    assert check_resume(checkpoint, key, check_backbone_hash=True)["step"] == 10
     for section, name, value in (("adapter", "rank", key["adapter"]["rank"] + 1), ("adapter", "saim_init", "default")):
         changed = copy.deepcopy(key)
         changed[section][name] = value  # a recorded field changed, or a new one set away from 0.1's behaviour
         with pytest.raises(CompatibilityError, match=f"adapter.{name}"):
-            _check_resume(checkpoint, changed, check_backbone_hash=True)
+            check_resume(checkpoint, changed, check_backbone_hash=True)
 
 
 def test_plan_time_is_wall_time_with_defects_in_parallel(tmp_path):

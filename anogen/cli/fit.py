@@ -142,7 +142,7 @@ def fit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Train one adapter per defect type: the whole image and its defect alone on grey, learnt together."""
-    from anogen import train
+    from anogen import fit as fitting
     from anogen.config import preset_for, preset_line, resolve
     from anogen.data import read_category
     from anogen.model.spec import resolution_for_backbone
@@ -202,7 +202,7 @@ def fit_command(
     def check_before_prior(prior_dir: Path) -> None:
         # Every input a user can fix (a misspelt --defect, a finished fit without --resume) stops before the
         # prior is built, which takes minutes on a large category.
-        train.plan_fit(cat, resolved, out, **{**kwargs, "prior_dir": prior_dir, "prior_pending": True})
+        fitting.plan_fit(cat, resolved, out, **{**kwargs, "prior_dir": prior_dir, "prior_pending": True})
 
     auto = _auto_prior(
         out_, cat, resolved, out, prior, dry_run=dry_run, main_process=main_process, check=check_before_prior
@@ -218,7 +218,7 @@ def fit_command(
                 (out_.warn if kwargs["retarget"] else out_.info)(escape(line))
 
     if dry_run:
-        plan = train.plan_fit(cat, resolved, out, **kwargs)
+        plan = fitting.plan_fit(cat, resolved, out, **kwargs)
         announce(plan)
         if not main_process:
             return
@@ -226,7 +226,7 @@ def fit_command(
         _print_plan(out_, plan)
         return
     with out_.progress() as display:
-        results = train.fit(cat, resolved, out, progress=display, on_plan=announce, **kwargs)
+        results = fitting.fit(cat, resolved, out, progress=display, on_plan=announce, **kwargs)
     if not main_process:
         return
     out_.emit_json(

@@ -130,7 +130,7 @@ def test_tiny_and_toy_backbones_train_at_their_size_with_an_sd_preset(data, tmp_
     result = invoke([*base, "--backbone", "toy", "--resolution", "128", "--dry-run", "--json"])
     assert json.loads(result.stdout)["plan"]["resolution"] == 128 and "warning:" not in result.stderr
     # the real run trains at the native size too
-    import anogen.train
+    import anogen.fit
 
     seen = {}
 
@@ -138,6 +138,6 @@ def test_tiny_and_toy_backbones_train_at_their_size_with_an_sd_preset(data, tmp_
         seen["resolution"] = config.train.resolution
         return []
 
-    monkeypatch.setattr(anogen.train, "fit", fake_fit)
+    monkeypatch.setattr(anogen.fit, "fit", fake_fit)
     assert invoke([*base, "--backbone", "tiny"]).exit_code == 0
     assert seen["resolution"] == 32

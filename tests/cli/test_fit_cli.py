@@ -23,15 +23,15 @@ def invoke(args: list[str]):
 
 
 def test_flags_become_the_config_the_library_receives(data, tmp_path, monkeypatch):
-    import anogen.train
+    import anogen.fit
 
     seen = {}
 
     def fake_fit(category, config, out, **kwargs):
         seen.update(category=category, config=config, out=out, **kwargs)
-        return [anogen.train.FitResult(category.name, "stain", Path(out) / "widget" / "stain", 7, 0.5, "trained")]
+        return [anogen.fit.FitResult(category.name, "stain", Path(out) / "widget" / "stain", 7, 0.5, "trained")]
 
-    monkeypatch.setattr(anogen.train, "fit", fake_fit)
+    monkeypatch.setattr(anogen.fit, "fit", fake_fit)
     result = invoke([
         "fit", data, "--defect", "stain", "--backbone", "tiny", "--coupling", "none", "--bcm", "off",
         "--steps", "7", "--lr", "0.002", "--rank", "8", "--batch-size", "3", "--shots", "2", "--resolution", "64",
@@ -56,10 +56,10 @@ def test_flags_become_the_config_the_library_receives(data, tmp_path, monkeypatc
 
 
 def test_unset_flags_fall_through_to_the_preset(data, tmp_path, monkeypatch):
-    import anogen.train
+    import anogen.fit
 
     seen = {}
-    monkeypatch.setattr(anogen.train, "fit", lambda category, config, out, **kw: seen.update(config=config) or [])
+    monkeypatch.setattr(anogen.fit, "fit", lambda category, config, out, **kw: seen.update(config=config) or [])
     result = invoke(["fit", data, "--preset", "generic/texture", "--out", tmp_path])
     assert result.exit_code == 0, result.output
     from anogen.config import resolve
@@ -69,14 +69,14 @@ def test_unset_flags_fall_through_to_the_preset(data, tmp_path, monkeypatch):
 
 
 def test_dry_run_prints_the_plan_and_loads_no_model(data, tmp_path, monkeypatch):
+    import anogen.fit
     import anogen.model.backbone
-    import anogen.train
 
     def refuse(*args, **kwargs):
         raise AssertionError("a dry run must not load a model")
 
     monkeypatch.setattr(anogen.model.backbone, "load_backbone", refuse)
-    monkeypatch.setattr(anogen.train, "fit", refuse)
+    monkeypatch.setattr(anogen.fit, "fit", refuse)
     args = ["fit", data, "--backbone", "tiny", "--bcm", "off", "--resolution", SIZE, "--rank", "4", "--steps", "9",
             "--out", tmp_path / "runs", "--dry-run"]
     result = invoke([*args, "--json"])

@@ -69,16 +69,16 @@ def test_mask_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_fit_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anogen.train
+    import anogen.fit
     from tests.test_train import write_toy_category
 
     data = write_toy_category(tmp_path / "data")
     folder = Path(LONG_PATH) / LONG_DEFECT
 
     def fake(category, config, out, **kwargs):
-        return [anogen.train.FitResult(LONG_CATEGORY, LONG_DEFECT, folder, 1000, 0.012345, "trained")]
+        return [anogen.fit.FitResult(LONG_CATEGORY, LONG_DEFECT, folder, 1000, 0.012345, "trained")]
 
-    monkeypatch.setattr(anogen.train, "fit", fake)
+    monkeypatch.setattr(anogen.fit, "fit", fake)
     stdout = invoke(["fit", data, "--bcm", "off", "--out", tmp_path / "runs"])
     assert_whole(stdout, LONG_DEFECT, str(folder), "final loss", "0.0123")
 

@@ -1,7 +1,9 @@
-"""How long a fit will take, said before it starts (``anogen fit --dry-run``); no torch.
+"""What a fit will cost, said before it starts (``anogen fit --dry-run``): time, parameters and peak memory.
 
-Measured when an adapter folder of the plan already logged steps (a resume), else a rough guess from the UNet's
-config: seconds per training row (forward + backward) = a fixed overhead + ``K_CONV x`` the convolution and
+Torch is imported only inside the parameter count; the time estimate needs none.
+
+Time: measured when an adapter folder of the plan already logged steps (a resume), else a rough guess from the
+UNet's config: seconds per training row (forward + backward) = a fixed overhead + ``K_CONV x`` the convolution and
 projection work (``latent pixels x sum_i c_i^2 (layers + 1) / 4^i``) + ``K_ATTN x`` the attention work
 (``sum over attention levels of tokens_i^2 x c_i x (layers + 1)``). The constants were fitted on this project's
 2-core CPU to the toy backbone at 64 px, the tiny one at 32 and 64 px and SD-1.5's architecture at 256 px
@@ -11,9 +13,16 @@ projection work (``latent pixels x sum_i c_i^2 (layers + 1) / 4^i``) + ``K_ATTN 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anogen.config import ResolvedConfig
+
+logger = logging.getLogger(__name__)
+
 
 # CPU, seconds: per training row, per unit of convolution work, per unit of attention work.
 CPU_ROW_OVERHEAD_S = 0.02
@@ -97,3 +106,46 @@ def measured_s_per_step(folders: Sequence[Path]) -> float | None:
                 total_steps += 1
             previous = (step, elapsed)
     return total_s / total_steps if total_steps else None
+
+
+# ------------------------------------------------------------------------------------ parameters and memory
+
+
+def _count_parameters(configs: dict[str, dict[str, Any]], config: ResolvedConfig) -> tuple[int | None, int]:
+    """(trainable adapter parameters, frozen backbone parameters), counted on the meta device (no memory)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    def clean(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(clean(configs["unet"]))
+        vae = AutoencoderKL.from_config(clean(configs["vae"]))
+        te_cfg = {k: v for k, v in clean(configs["text_encoder"]).items() if k != "architectures"}
+        text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    frozen = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
+    trainable: int | None
+    try:
+        from anogen.model.dual import DualAdapter
+
+        with torch.device("meta"):
+            adapter = DualAdapter.from_unet(
+                unet, config.adapter, text_encoder=text_encoder if config.adapter.text_encoder_lora else None
+            )
+        trainable = int(adapter.num_trainable())
+    except Exception as exc:  # noqa: BLE001 - the count is informative; a dry run must not fail on it
+        logger.debug("cannot count adapter parameters on the meta device: %s", exc)
+        trainable = None
+    return trainable, int(frozen)
+
+
+def estimate_peak_bytes(unet_config: dict[str, Any], **sizes: Any) -> int:
+    """Estimated peak memory of one training process, in bytes: :func:`anogen.memory.estimate_peak`'s total
+    (weights + adapter and optimizer state + activations + 10 % overhead; formula in docs/fit.md), with its
+    keyword arguments (trainable, frozen, resolution, vae_scale_factor, batch_size, mixed_precision,
+    gradient_checkpointing, bcm)."""
+    from anogen.memory import estimate_peak
+
+    return estimate_peak(unet_config, **sizes).total
