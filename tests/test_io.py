@@ -81,7 +81,7 @@ from anogen.data import read_category
 from anogen.export.common import ExportConfig, export
 from anogen.export.report import write_report
 from anogen.priors import build_prior
-from anogen.sample import remask, synthesize
+from anogen.synth import remask, synthesize
 from anogen.train import fit
 from tests.test_train import write_toy_category
 
