@@ -146,7 +146,7 @@ def run_demo(
     from anogen.model.backbone import load_backbone
     from anogen.model.spec import resolution_for_backbone
     from anogen.priors import build_prior
-    from anogen.sample import remask, synthesize
+    from anogen.synth import remask, synthesize
 
     out = Path(config.out)
     result = DemoResult()

@@ -30,7 +30,7 @@ from anogen.io import load_mask, load_rgb
 from anogen.manifest import read_rows
 from anogen.model.backbone import load_backbone
 from anogen.priors import build_prior
-from anogen.sample import synthesize
+from anogen.synth import synthesize
 from anogen.toy.data import DEFECTS, defect_pixels, make_category
 
 COUPLINGS = ("saim", "none")

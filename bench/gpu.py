@@ -325,7 +325,7 @@ def synth_row(backbone: Any, device: Any, recipe: str, bcm: bool, pairs: int, st
     from diffusers import StableDiffusionPipeline
 
     from anogen.model.dual import DualAdapter
-    from anogen.sample import encode_backgrounds, sample_pairs
+    from anogen.synth import encode_backgrounds, sample_pairs
 
     config = _configs(recipe, bcm)
     sample = dataclasses.replace(config.sample, mixed_precision="no" if precision == "fp32" else precision)

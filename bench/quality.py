@@ -85,7 +85,7 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
     from anogen.manifest import read_all_rows
     from anogen.model.backbone import load_backbone
     from anogen.priors import build_prior
-    from anogen.sample import synthesize
+    from anogen.synth import synthesize
     from anogen.toy import defect_pixels, make_category
     from bench.common import random_toy_backbone
 

@@ -352,7 +352,7 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               "and scheduler making 2P images (`output_type=\"np\"`, no safety checker), same steps and guidance. "
               "The dual adapter has non-zero LoRA up-projections and SAIM outputs (as after training).",
               "- **end-to-end vs bare loop**: `sample_pairs` plus what synth does per attempt "
-              "(`anogen.sample._write_attempt`: mask from the part image, three atomic PNG writes, a fsync'ed "
+              "(`anogen.synth.writing.write_attempt`: mask from the part image, three atomic PNG writes, a fsync'ed "
               "manifest row) against the denoising loop alone (initial noise, scheduler, dual UNet with guidance; "
               "no text encoder, no VAE, no files).",
               "- **fit vs peft**: one anogen step (`draw_batch` + `pair_loss` + backward + AdamW on the adapter) "

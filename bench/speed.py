@@ -127,7 +127,8 @@ def bare_loop(backbone: Any, adapter: Any, states: Any, pairs: int, sample_confi
 
 
 def _write_like_synth(folder: Path, first_id: int, images: Any, parts: Any) -> None:
-    """What synth does per attempt after sampling (anogen.sample._write_attempt): mask, three PNGs, a manifest row."""
+    """What synth does per attempt after sampling (``anogen.synth.writing.write_attempt``): mask, three PNGs, a
+    manifest row."""
     from anogen.config import MaskConfig
     from anogen.io import save_png_atomic
     from anogen.manifest import append_row, make_row, sample_name
@@ -151,7 +152,7 @@ def task_synth(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from anogen.model.dual import encode_prompts
-    from anogen.sample import sample_pairs
+    from anogen.synth import sample_pairs
 
     backbone, description = _setup(args)
     pairs = int(args["pairs"])
@@ -426,7 +427,7 @@ def task_memory(args: dict[str, Any]) -> dict[str, Any]:
         for _ in range(steps):
             step()
     else:
-        from anogen.sample import sample_pairs
+        from anogen.synth import sample_pairs
 
         sc = _sample_config(args)
         pairs = int(args["pairs"])

@@ -107,7 +107,7 @@ def subject(workload: str, args: dict[str, Any]) -> dict[str, Any]:
     if workload == "fit":
         step, _ = _anogen_step(backbone, {"pairs": args["fit_pairs"], "rank": 8, "saim_width": None})
     else:
-        from anogen.sample import sample_pairs
+        from anogen.synth import sample_pairs
 
         adapter = _adapter(backbone, 8, None)
         sc = _sample_config({"sampler": "dpmsolver++", "steps": args["synth_steps"], "guidance": 2.5,

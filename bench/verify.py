@@ -188,7 +188,7 @@ def measure_generation(backbone: Any, config: VerifyConfig, kind: str, pairs: in
     """Generation per pair (toy, bench.speed's settings) and scoring per whole image, interleaved in one process."""
     from anogen.config import AdapterConfig, SampleConfig
     from anogen.model.dual import DualAdapter
-    from anogen.sample import sample_pairs
+    from anogen.synth import sample_pairs
     from anogen.verify.normal import build_normal_model
     from bench.speed import _nonzero
 

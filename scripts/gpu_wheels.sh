@@ -21,7 +21,7 @@ OMP_NUM_THREADS=1 "$PY" - > "$pins" <<'PY'
 import importlib.metadata as md
 import sys
 
-import anogen.sample, anogen.fit, bench.common, bench.gpu  # noqa: F401,E401
+import anogen.synth, anogen.fit, bench.common, bench.gpu  # noqa: F401,E401
 from diffusers import StableDiffusionPipeline  # noqa: F401
 
 owners = md.packages_distributions()

@@ -119,7 +119,7 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
     import anogen.export.report
     import anogen.fit
     import anogen.model.backbone
-    import anogen.sample
+    import anogen.synth
     from anogen.cli.app import app
 
     out = tmp_path / "demo-out"
@@ -137,8 +137,8 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
 
     monkeypatch.setattr(anogen.model.backbone, "load_backbone", lambda spec: object())
     monkeypatch.setattr(anogen.fit, "fit", fake_fit)
-    monkeypatch.setattr(anogen.sample, "synthesize", lambda *a, **k: anogen.sample.SynthSummary())
-    monkeypatch.setattr(anogen.sample, "remask", lambda *a, **k: None)
+    monkeypatch.setattr(anogen.synth, "synthesize", lambda *a, **k: anogen.synth.SynthSummary())
+    monkeypatch.setattr(anogen.synth, "remask", lambda *a, **k: None)
     monkeypatch.setattr(anogen.export.common, "export", lambda *a, **k: None)
     monkeypatch.setattr(anogen.export.report, "write_report", lambda *a, **k: types.SimpleNamespace())
     result = CliRunner().invoke(app, ["demo", "--backbone", "tiny", "--steps", str(STEPS + 2), "--out", str(out)])

@@ -80,9 +80,9 @@ from anogen.config import resolve
 from anogen.data import read_category
 from anogen.export.common import ExportConfig, export
 from anogen.export.report import write_report
-from anogen.priors import build_prior
-from anogen.sample import remask, synthesize
 from anogen.fit import fit
+from anogen.priors import build_prior
+from anogen.synth import remask, synthesize
 from tests.test_train import write_toy_category
 
 root = Path(sys.argv[1])

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from anogen.bcm_sampling import pool_size, reference_index
 from anogen.config import AdapterConfig, SampleConfig, resolve
 from anogen.fit import fit
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter, DualState
-from anogen.sample import encode_backgrounds, sample_pairs, synthesize
+from anogen.synth import encode_backgrounds, pool_size, reference_index, sample_pairs, synthesize
 from tests.test_sample import write_prior
 from tests.test_train import SIZE, write_toy_category
 

@@ -126,14 +126,14 @@ def test_unknown_recipe_is_refused() -> None:
 
 
 def test_synth_recipe_takes_the_fit_preset_under_that_recipe() -> None:
-    from anogen.sample import _configs_for
+    from anogen.synth.jobs import configs_for
 
     recorded = dataclasses.asdict(resolve("mvtec/screw").sample)
     record = {"preset": "mvtec/screw", "config": {"sample": recorded, "mask": {}}}
-    assert _configs_for(record, None, None, None)[0].sampler == "pndm"
-    fast, _ = _configs_for(record, None, None, {"sample": {"count": 5}}, "fast")
+    assert configs_for(record, None, None, None)[0].sampler == "pndm"
+    fast, _ = configs_for(record, None, None, {"sample": {"count": 5}}, "fast")
     assert (fast.sampler, fast.steps, fast.guidance, fast.count) == ("dpmsolver++", 30, 2.5, 5)
-    back, _ = _configs_for({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}}, None, None,
+    back, _ = configs_for({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}}, None, None,
                            None, "reference")
     assert (back.sampler, back.steps, back.guidance, back.bcm_reference_every) == ("pndm", 50, 1.2, 10)
 

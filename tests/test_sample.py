@@ -32,7 +32,7 @@ from anogen.manifest import read_rows
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter
-from anogen.sample import remask, sample_pairs, step_noise_generator, synthesize
+from anogen.synth import remask, sample_pairs, step_noise_generator, synthesize
 
 WHOLE, PART = "a vfx with sks", "sks"
 REPO = Path(__file__).resolve().parent.parent
@@ -268,7 +268,7 @@ _SCRIPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from anogen.sample import synthesize
+    from anogen.synth import synthesize
     synthesize(Path(sys.argv[1]), Path(sys.argv[2]),
                overrides={"sample": {"count": int(sys.argv[3]), "batch_size": int(sys.argv[4])}}, device="cpu")
     """
@@ -419,7 +419,7 @@ def test_fast_rank_waits_for_the_slow_one(tmp_path):
     import threading
 
     from anogen.manifest import append_row, make_row, shard_name
-    from anogen.sample import _wait_for_slower_ranks
+    from anogen.synth.run import wait_for_slower_ranks
 
     def row(i):
         return make_row(i, seed=i, category="c", defect="d", accepted=True, reason=None, mask_area=0.1,
@@ -440,7 +440,7 @@ def test_fast_rank_waits_for_the_slow_one(tmp_path):
     thread = threading.Thread(target=slow_rank)
     start = time.monotonic()
     thread.start()
-    todo = _wait_for_slower_ranks(tmp_path, rows, pending(), pending, lookahead=2)
+    todo = wait_for_slower_ranks(tmp_path, rows, pending(), pending, lookahead=2)
     thread.join()
     assert time.monotonic() - start >= 0.25  # it did wait for ids 1 and 3
     assert todo == [4, 6, 8, 10] and 1 in rows  # released once id 1 was done: 4 <= first missing (3) + 2
@@ -486,7 +486,7 @@ def test_progress_counts_with_two_ranks_are_the_merged_manifests(runs, tmp_path,
     import threading
 
     import anogen.model.backbone as backbone_module
-    from anogen.sample import Dist
+    from anogen.dist import Dist
 
     # build_tiny seeds torch's global generator: two threads must not build at the same time.
     lock, build = threading.Lock(), backbone_module.build_tiny

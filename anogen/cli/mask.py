@@ -38,7 +38,7 @@ def mask_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Re-threshold part images into masks with new settings (unchanged settings keep the folder's own)."""
-    from anogen.sample import remask
+    from anogen.synth import remask
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
     overrides: dict[str, Any] = {

@@ -112,7 +112,7 @@ def synth_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate COUNT accepted (image, part, mask) triples per defect type; resumable, deterministic by seed."""
-    from anogen import sample as sample_lib
+    from anogen import synth as synth_lib
     from anogen.config import resolve
 
     main_process = os.environ.get("RANK", "0") == "0"
@@ -142,16 +142,16 @@ def synth_command(
         resolved = resolve(preset, config, overrides, recipe=recipe)
         sample_cfg, mask_cfg, verify_cfg = resolved.sample, resolved.mask, resolved.verify
     if dry_run:
-        jobs = sample_lib.prepare_jobs(
+        jobs = synth_lib.prepare_jobs(
             runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, verify=verify_cfg
         )
-        sample_lib.check_backbones(jobs)  # what the real run checks before it loads weights
-        entries = sample_lib.plan(jobs)
+        synth_lib.check_backbones(jobs)  # what the real run checks before it loads weights
+        entries = synth_lib.plan(jobs)
         if main_process:
             _print_plan(out_, entries)
         return
     with out_.progress() as display:
-        summary = sample_lib.synthesize(
+        summary = synth_lib.synthesize(
             runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, progress=display, device=device,
             verify=verify_cfg,
         )

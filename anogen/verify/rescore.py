@@ -59,7 +59,7 @@ def verify_output(
     )
     from anogen.masks import REASONS as MASK_REASONS
     from anogen.progress import report
-    from anogen.sample import REMASK_MARKER
+    from anogen.synth.jobs import REMASK_MARKER
     from anogen.verify.synth import OutputRescorer
 
     summary = VerifySummary()

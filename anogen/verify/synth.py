@@ -1,6 +1,6 @@
 """Verification inside ``anogen synth``: each job's ``verify:`` settings and the checks of each attempt.
 
-Kept out of :mod:`anogen.sample` (already large), which calls :func:`verify_config_for` when it prepares a job
+Kept with the rest of verification; :mod:`anogen.synth` calls :func:`verify_config_for` when it prepares a job
 and :func:`verifier_for` / :meth:`SampleVerifier.check` when it writes an attempt. With mode ``off`` no verifier
 exists and synth takes exactly its earlier path. No torch at import.
 """
@@ -21,7 +21,7 @@ from anogen.verify.config import VerifyConfig
 if TYPE_CHECKING:
     from anogen.data.model import Category
     from anogen.model.backbone import Backbone
-    from anogen.sample import Job
+    from anogen.synth.jobs import Job
     from anogen.verify.normal import NormalModel
     from anogen.verify.shots import ShotBank
 
@@ -162,11 +162,11 @@ class OutputRescorer:
     def _get_verifier(self) -> SampleVerifier:
         if self._verifier is None:
             from anogen.model.adapter import read_adapter_record
-            from anogen.sample import _load_backbone_for
+            from anogen.synth.backbones import load_backbone_for
 
             adapter_dir = Path(str((self.run.get("adapter") or {}).get("path") or ""))
             record = read_adapter_record(adapter_dir) if (adapter_dir / "adapter.json").is_file() else self.run
-            backbone = _load_backbone_for(self.run, {}, "cpu")
+            backbone = load_backbone_for(self.run, {}, "cpu")
             verifier = make_verifier(record, str(self.run.get("defect")), self.folder.parent, backbone, self.config)
             assert verifier is not None  # mode is not off here
             self._verifier = verifier

@@ -39,31 +39,31 @@ def assert_whole(stdout: str, *cells: str) -> None:
 
 
 def test_synth_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anogen.sample
+    import anogen.synth
 
     def fake(*args, **kwargs):
-        row = anogen.sample.DefectSummary(
+        row = anogen.synth.DefectSummary(
             category=LONG_CATEGORY, defect=LONG_DEFECT, out_dir=LONG_PATH, count=1000, accepted=1000,
             attempts=1234, rejected={"mask_too_large": 200, "empty_mask": 30, "off_object": 4},
             mean_mask_area=0.0123, generated=1234, elapsed_s=3600.0, exhausted=False,
         )
-        return anogen.sample.SynthSummary(defects=[row], elapsed_s=3600.0)
+        return anogen.synth.SynthSummary(defects=[row], elapsed_s=3600.0)
 
-    monkeypatch.setattr(anogen.sample, "synthesize", fake)
+    monkeypatch.setattr(anogen.synth, "synthesize", fake)
     stdout = invoke(["synth", tmp_path, "--count", 1000, "--out", tmp_path / "o"])
     assert_whole(stdout, f"{LONG_CATEGORY}/{LONG_DEFECT}", "mask_too_large 200, empty_mask 30, off_object 4",
                  "mean mask area", "samples/s", "1000/1000")
 
 
 def test_mask_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anogen.sample
+    import anogen.synth
 
     def fake(*args, **kwargs):
         folder = {"folder": f"{LONG_PATH}/{LONG_DEFECT}", "attempts": 1234, "accepted_before": 1000,
                   "accepted_after": 987, "count": 1000, "needs_top_up": True}
-        return anogen.sample.RemaskSummary(folders=[folder])
+        return anogen.synth.RemaskSummary(folders=[folder])
 
-    monkeypatch.setattr(anogen.sample, "remask", fake)
+    monkeypatch.setattr(anogen.synth, "remask", fake)
     stdout = invoke(["mask", tmp_path, "--threshold", "otsu"])
     assert_whole(stdout, f"{LONG_PATH}/{LONG_DEFECT}", "accepted before", "accepted after")
 

@@ -25,15 +25,15 @@ def runs(tmp_path_factory) -> Path:
 
 
 def test_flags_reach_the_library(tmp_path, monkeypatch):
-    import anogen.sample
+    import anogen.synth
 
     seen = {}
 
     def fake(runs, out, sample, mask, **kwargs):
         seen.update(runs=runs, out=out, sample=sample, mask=mask, **kwargs)
-        return anogen.sample.SynthSummary()
+        return anogen.synth.SynthSummary()
 
-    monkeypatch.setattr(anogen.sample, "synthesize", fake)
+    monkeypatch.setattr(anogen.synth, "synthesize", fake)
     result = invoke([
         "synth", tmp_path / "runs", "--count", 7, "--out", tmp_path / "o", "--batch-size", 3, "--seed", 5,
         "--steps", 100, "--sampler", "pndm", "--guidance", 2.5, "--max-attempts", 20, "--threshold", "otsu",

@@ -13,7 +13,7 @@ from anogen.config import AdapterConfig, SampleConfig
 from anogen.model.adapter import load_adapter, read_adapter_record, save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter, dual_forward, encode_prompts
-from anogen.sample import sample_pairs
+from anogen.synth import sample_pairs
 
 WHOLE, PART = "a vfx with sks", "sks"
 FIRST_ATTN1 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"

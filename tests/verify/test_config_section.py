@@ -71,7 +71,7 @@ def test_job_settings_from_record_and_flags():
 
 
 def test_run_json_records_the_section(tmp_path):
-    from anogen.sample import synthesize
+    from anogen.synth import synthesize
 
     runs = make_runs(tmp_path / "runs", build_tiny(seed=0), perturb=0.3)
     record_path = runs / "bottle" / "crack" / "adapter.json"
@@ -89,15 +89,15 @@ def _invoke(args: list) -> object:
 
 
 def test_cli_flags(tmp_path, monkeypatch):
-    import anogen.sample
+    import anogen.synth
 
     seen = {}
 
     def fake(runs, out, sample, mask, **kwargs):
         seen.update(kwargs)
-        return anogen.sample.SynthSummary()
+        return anogen.synth.SynthSummary()
 
-    monkeypatch.setattr(anogen.sample, "synthesize", fake)
+    monkeypatch.setattr(anogen.synth, "synthesize", fake)
     result = _invoke(["synth", tmp_path, "--verify", "Score", "--min-alignment", 0.8, "--max-background", 1.5,
                       "--min-copy-distance", 2, "--json"])
     assert result.exit_code == 0, result.output

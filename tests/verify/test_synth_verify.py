@@ -22,7 +22,7 @@ from anogen.errors import InputError
 from anogen.manifest import read_rows
 from anogen.masks import REASONS as MASK_REASONS
 from anogen.model.backbone import build_tiny
-from anogen.sample import synthesize
+from anogen.synth import synthesize
 from tests.test_sample import make_runs
 
 SUBS = ("image", "part", "mask")
@@ -141,7 +141,7 @@ def test_missing_data_is_a_clear_error(runs, tmp_path):
 
 def test_mask_keeps_verdicts_and_rescores_changed_masks(runs, scored, tmp_path, monkeypatch):
     import anogen.verify.synth
-    from anogen.sample import remask
+    from anogen.synth import remask
 
     values = [r["verify"]["alignment"] for r in read_rows(scored / "manifest.jsonl") if "verify" in r]
     cut = float(np.median([v for v in values if v is not None]))
