@@ -13,7 +13,8 @@ from anogen.bcm_sampling import pool_size, reference_index
 from anogen.config import AdapterConfig, SampleConfig, resolve
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
-from anogen.model.dual import DualAdapter, DualState
+from anogen.model.dual import DualAdapter
+from anogen.model.processor import DualState
 from anogen.sample import encode_backgrounds, sample_pairs, synthesize
 from anogen.train import fit
 from tests.test_sample import write_prior
