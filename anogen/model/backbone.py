@@ -24,11 +24,11 @@ from anogen.model.spec import (
     COMPONENTS,
     TOY_DIR,
     WEIGHT_COMPONENTS,
+    check_folder,
     describe_backbone,
     hub_offline,
     not_cached_error,
 )
-from anogen.model.spec import check_folder as _check_folder
 
 if TYPE_CHECKING:
     import torch
@@ -312,7 +312,7 @@ def load_folder(folder: Path, *, source: str) -> Backbone:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
-    _check_folder(folder)
+    check_folder(folder)
     try:
         with _quiet_loading():
             unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
