@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 # COMPONENTS, WEIGHT_COMPONENTS and TOY_DIR live in anogen.model.spec (no torch) and are re-exported here.
 __all__ = [
     "COMPONENTS", "TOY_DIR", "WEIGHT_COMPONENTS", "Backbone", "build_tiny", "folder_hash", "load_backbone",
-    "load_folder", "make_scheduler", "module_hash", "save_backbone", "tiny_configs",
+    "load_folder", "make_scheduler", "module_hash", "save_backbone", "small_text_encoder_config", "tiny_configs",
 ]
 # Files of a hub snapshot that loading needs; .bin/.ckpt/.pt pickles are never fetched nor read.
 HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "tokenizer/*", "scheduler/*"]
@@ -134,10 +134,30 @@ def make_scheduler(scheduler_config: dict[str, Any], name: str | None = None) ->
 # ------------------------------------------------------------------------------------------------ tiny
 
 
-def tiny_configs(resolution: int = 32) -> dict[str, dict[str, Any]]:
-    """Configs of the random ``tiny`` backbone: SD-1.x classes, a 2x autoencoder, ~1M-parameter UNet."""
+def small_text_encoder_config(hidden_size: int) -> dict[str, Any]:
+    """The ``CLIPTextModel`` config of the small offline backbones (``tiny``, ``toy``): two layers of four heads,
+    an MLP twice ``hidden_size`` wide, and the vocabulary and special tokens of the character tokenizer
+    (:mod:`anogen.model.tokenizer`, whose 32-token prompts fit the 32 positions).
+
+    The tiny and toy text encoders are built from this with fixed seeds, so a changed value changes their weights.
+    """
     from anogen.model.tokenizer import vocab_size
 
+    return dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size(),
+        max_position_embeddings=32,
+        bos_token_id=vocab_size() - 2,
+        eos_token_id=vocab_size() - 1,
+        pad_token_id=vocab_size() - 1,
+    )
+
+
+def tiny_configs(resolution: int = 32) -> dict[str, dict[str, Any]]:
+    """Configs of the random ``tiny`` backbone: SD-1.x classes, a 2x autoencoder, ~1M-parameter UNet."""
     vae_factor = 2
     return {
         "unet": dict(
@@ -164,17 +184,7 @@ def tiny_configs(resolution: int = 32) -> dict[str, dict[str, Any]]:
             norm_num_groups=8,
             scaling_factor=1.0,
         ),
-        "text_encoder": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size(),
-            max_position_embeddings=32,
-            bos_token_id=vocab_size() - 2,
-            eos_token_id=vocab_size() - 1,
-            pad_token_id=vocab_size() - 1,
-        ),
+        "text_encoder": small_text_encoder_config(hidden_size=32),
         "scheduler": dict(
             num_train_timesteps=1000,
             beta_start=0.00085,

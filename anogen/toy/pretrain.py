@@ -52,8 +52,7 @@ def _set_cosine_lr(opt: Any, lr: float, step: int, steps: int) -> None:
 
 def toy_configs(resolution: int = RESOLUTION) -> dict[str, dict[str, Any]]:
     """Configs of the toy backbone: 4x AutoencoderKL, ~4M-parameter UNet, hidden-64 CLIP text encoder."""
-    from anogen.model.backbone import tiny_configs
-    from anogen.model.tokenizer import vocab_size
+    from anogen.model.backbone import small_text_encoder_config, tiny_configs
 
     base = tiny_configs()
     hidden = 64
@@ -82,17 +81,7 @@ def toy_configs(resolution: int = RESOLUTION) -> dict[str, dict[str, Any]]:
             attention_head_dim=8,
             norm_num_groups=16,
         ),
-        "text_encoder": dict(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size(),
-            max_position_embeddings=32,
-            bos_token_id=vocab_size() - 2,
-            eos_token_id=vocab_size() - 1,
-            pad_token_id=vocab_size() - 1,
-        ),
+        "text_encoder": small_text_encoder_config(hidden_size=hidden),
         "scheduler": dict(base["scheduler"]),
     }
 
