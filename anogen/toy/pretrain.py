@@ -44,7 +44,7 @@ logger = logging.getLogger("anogen.toy.pretrain")
 
 def toy_configs(resolution: int = RESOLUTION) -> dict[str, dict[str, Any]]:
     """Configs of the toy backbone: 4x AutoencoderKL, ~4M-parameter UNet, hidden-64 CLIP text encoder."""
-    from anogen.model.backbone import small_text_encoder_config, tiny_configs
+    from anogen.model.small_configs import small_text_encoder_config, tiny_configs
 
     base = tiny_configs()
     hidden = 64
