@@ -116,7 +116,8 @@ def sd15_backbone(resolution: int = 512, seed: int = 0) -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from anogen.model.backbone import Backbone, module_hash, tiny_configs
+    from anogen.model.backbone import Backbone, module_hash
+    from anogen.model.small_configs import tiny_configs
     from anogen.model.tokenizer import build_char_tokenizer, vocab_size
 
     with torch.device("meta"):
@@ -155,7 +156,8 @@ def random_toy_backbone(seed: int = 0) -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from anogen.model.backbone import Backbone, tiny_configs
+    from anogen.model.backbone import Backbone
+    from anogen.model.small_configs import tiny_configs
     from anogen.model.tokenizer import build_char_tokenizer
     from anogen.toy.pretrain import toy_configs
 

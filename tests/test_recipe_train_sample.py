@@ -13,7 +13,8 @@ from anogen.config import AdapterConfig, SampleConfig, resolve
 from anogen.fit import fit
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
-from anogen.model.dual import DualAdapter, DualState
+from anogen.model.dual import DualAdapter
+from anogen.model.processor import DualState
 from anogen.synth import encode_backgrounds, pool_size, reference_index, sample_pairs, synthesize
 from tests.test_sample import write_prior
 from tests.test_train import SIZE, write_toy_category

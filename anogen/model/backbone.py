@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from anogen.errors import BackboneError
 from anogen.io import sha256_file
+from anogen.model.small_configs import tiny_configs
 from anogen.model.spec import (
     COMPONENTS,
     TOY_DIR,
     WEIGHT_COMPONENTS,
+    check_folder,
     describe_backbone,
     hub_offline,
     not_cached_error,
 )
-from anogen.model.spec import check_folder as _check_folder
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 # COMPONENTS, WEIGHT_COMPONENTS and TOY_DIR live in anogen.model.spec (no torch) and are re-exported here.
 __all__ = [
     "COMPONENTS", "TOY_DIR", "WEIGHT_COMPONENTS", "Backbone", "build_tiny", "folder_hash", "load_backbone",
-    "load_folder", "make_scheduler", "module_hash", "save_backbone", "tiny_configs",
+    "load_folder", "make_scheduler", "module_hash", "save_backbone",
 ]
 # Files of a hub snapshot that loading needs; .bin/.ckpt/.pt pickles are never fetched nor read.
 HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "tokenizer/*", "scheduler/*"]
@@ -132,61 +133,6 @@ def make_scheduler(scheduler_config: dict[str, Any], name: str | None = None) ->
 
 
 # ------------------------------------------------------------------------------------------------ tiny
-
-
-def tiny_configs(resolution: int = 32) -> dict[str, dict[str, Any]]:
-    """Configs of the random ``tiny`` backbone: SD-1.x classes, a 2x autoencoder, ~1M-parameter UNet."""
-    from anogen.model.tokenizer import vocab_size
-
-    vae_factor = 2
-    return {
-        "unet": dict(
-            sample_size=resolution // vae_factor,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=8,
-        ),
-        "vae": dict(
-            sample_size=resolution,
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(16, 32),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            layers_per_block=1,
-            norm_num_groups=8,
-            scaling_factor=1.0,
-        ),
-        "text_encoder": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size(),
-            max_position_embeddings=32,
-            bos_token_id=vocab_size() - 2,
-            eos_token_id=vocab_size() - 1,
-            pad_token_id=vocab_size() - 1,
-        ),
-        "scheduler": dict(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            skip_prk_steps=True,
-            prediction_type="epsilon",
-        ),
-    }
 
 
 def build_tiny(seed: int = 0, resolution: int = 32) -> Backbone:
@@ -312,7 +258,7 @@ def load_folder(folder: Path, *, source: str) -> Backbone:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
-    _check_folder(folder)
+    check_folder(folder)
     try:
         with _quiet_loading():
             unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)

@@ -101,7 +101,7 @@ def describe_backbone(spec: str, *, cache_dir: str | None = None, revision: str 
             weights, a missing toy asset, or (with ``HF_HUB_OFFLINE=1``) a hub id that is not cached.
     """
     if spec == "tiny":
-        from anogen.model.backbone import tiny_configs
+        from anogen.model.small_configs import tiny_configs
 
         configs = tiny_configs()
         return BackboneDescription(spec, "tiny", None, {k: configs[k] for k in CONFIG_FILES})

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from anogen.errors import BackboneError
-from anogen.model.backbone import Backbone, build_tiny, load_backbone, save_backbone, tiny_configs
+from anogen.model.backbone import Backbone, build_tiny, load_backbone, save_backbone
+from anogen.model.small_configs import tiny_configs
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

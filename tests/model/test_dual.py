@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from anogen.config import AdapterConfig
-from anogen.model.dual import SAIM, DualAdapter, DualState, dual_forward, encode_prompts
+from anogen.model.dual import DualAdapter, dual_forward, encode_prompts
+from anogen.model.processor import DualState
+from anogen.model.saim import SAIM
 
 WHOLE, PART = "a vfx with sks", "sks"
 FIRST_ATTN1 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"

@@ -44,7 +44,7 @@ def samples(toy) -> dict[str, np.ndarray]:
     import torch
 
     from anogen.toy.data import PROMPTS
-    from anogen.toy.pretrain import sample
+    from anogen.toy.measures import sample
 
     torch.set_num_threads(1)
     return {
@@ -89,7 +89,7 @@ def _reconstruction_iou(toy, defect: str) -> float:
     import torch
 
     from anogen.toy.data import defect_image, defect_pixels
-    from anogen.toy.pretrain import to_tensor, to_uint8
+    from anogen.toy.images import to_tensor, to_uint8
 
     items = [defect_image(kind, defect, 77, i) for kind in ("object", "texture") for i in range(4)]
     images = np.stack([it[0] for it in items])
@@ -115,7 +115,7 @@ def test_autoencoder_keeps_thin_scratches(toy) -> None:
 
 
 def test_normal_prompts_sample_within_the_spread_of_real_normals(samples) -> None:
-    from anogen.toy.pretrain import grey_fraction, nn_distance, normal_spread
+    from anogen.toy.measures import grey_fraction, nn_distance, normal_spread
 
     for kind in ("object", "texture"):
         reference, spread = normal_spread(kind)
@@ -125,7 +125,7 @@ def test_normal_prompts_sample_within_the_spread_of_real_normals(samples) -> Non
 
 
 def test_part_prompt_samples_are_grey_with_marks_and_told_apart(samples) -> None:
-    from anogen.toy.pretrain import grey_fraction, mark_fraction, nn_distance, normal_spread
+    from anogen.toy.measures import grey_fraction, mark_fraction, nn_distance, normal_spread
 
     parts = samples["part"]
     assert float(np.median(grey_fraction(parts))) >= 0.6
