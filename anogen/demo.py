@@ -140,7 +140,7 @@ def run_demo(
     from anogen.config import resolve
     from anogen.data import read_category
     from anogen.errors import CompatibilityError
-    from anogen.export.common import ExportConfig, export
+    from anogen.export import ExportConfig, export
     from anogen.export.report import write_report
     from anogen.fit import fit
     from anogen.model.backbone import load_backbone

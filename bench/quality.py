@@ -25,7 +25,7 @@ logger = logging.getLogger("bench")
 
 
 def _export_vs_copy(synth: Path, data: Path, work: Path, repeats: int) -> dict[str, Any]:
-    from anogen.export.common import ExportConfig, export
+    from anogen.export import ExportConfig, export
 
     first = work / "export-0"
     shutil.rmtree(first, ignore_errors=True)

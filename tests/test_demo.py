@@ -115,7 +115,7 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
 
     from typer.testing import CliRunner
 
-    import anogen.export.common
+    import anogen.export
     import anogen.export.report
     import anogen.fit
     import anogen.model.backbone
@@ -139,7 +139,7 @@ def test_demo_rerun_with_other_settings_starts_over_with_one_notice(tmp_path: Pa
     monkeypatch.setattr(anogen.fit, "fit", fake_fit)
     monkeypatch.setattr(anogen.synth, "synthesize", lambda *a, **k: anogen.synth.SynthSummary())
     monkeypatch.setattr(anogen.synth, "remask", lambda *a, **k: None)
-    monkeypatch.setattr(anogen.export.common, "export", lambda *a, **k: None)
+    monkeypatch.setattr(anogen.export, "export", lambda *a, **k: None)
     monkeypatch.setattr(anogen.export.report, "write_report", lambda *a, **k: types.SimpleNamespace())
     result = CliRunner().invoke(app, ["demo", "--backbone", "tiny", "--steps", str(STEPS + 2), "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -78,7 +78,7 @@ import sys
 from pathlib import Path
 from anogen.config import resolve
 from anogen.data import read_category
-from anogen.export.common import ExportConfig, export
+from anogen.export import ExportConfig, export
 from anogen.export.report import write_report
 from anogen.fit import fit
 from anogen.priors import build_prior

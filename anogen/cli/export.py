@@ -63,7 +63,7 @@ def export_command(
     renumbered with fixed-width stems, and export.json + export_manifest.jsonl map each file to its source.
     Re-running with the same inputs does nothing; an interrupted export resumes.
     """
-    from anogen.export.common import ExportConfig, ExportPlan, export, parse_size
+    from anogen.export import ExportConfig, ExportPlan, export, parse_size
 
     output = make_output(quiet=quiet, json_mode=json_output)
     config = ExportConfig(

@@ -16,16 +16,10 @@ from typing import Any
 import numpy as np
 
 from anogen import __version__
-from anogen.export.common import (
-    CategoryItems,
-    ExportConfig,
-    ExportPlan,
-    GeneratedFile,
-    PlannedFile,
-    numbered,
-    plan_pair,
-    render_mask,
-)
+from anogen.export.config import ExportConfig
+from anogen.export.items import CategoryItems
+from anogen.export.pixels import render_mask
+from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile, numbered, plan_pair
 
 INSTANCES = "annotations/instances.json"
 

@@ -15,16 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from anogen.export.common import (
-    CategoryItems,
-    ExportConfig,
-    ExportPlan,
-    GeneratedFile,
-    PlannedFile,
-    numbered,
-    plan_normal,
-    plan_pair,
-)
+from anogen.export.config import ExportConfig
+from anogen.export.items import CategoryItems
+from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile, numbered, plan_normal, plan_pair
 
 FOLDER_CONFIG = "folder.yaml"
 

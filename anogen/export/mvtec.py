@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from anogen.export.common import CategoryItems, ExportConfig, ExportPlan, PlannedFile, numbered, plan_normal, plan_pair
+from anogen.export.config import ExportConfig
+from anogen.export.items import CategoryItems
+from anogen.export.planning import ExportPlan, PlannedFile, numbered, plan_normal, plan_pair
 
 
 def plan_mvtec(categories: Sequence[CategoryItems], config: ExportConfig) -> ExportPlan:

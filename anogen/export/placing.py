@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from anogen.errors import DataError
-from anogen.export.common import JOURNAL, ExportConfig, PlannedFile, image_target, render_image, render_mask
+from anogen.export.config import ExportConfig
+from anogen.export.pixels import render_image, render_mask
+from anogen.export.planning import PlannedFile, image_target
 from anogen.export.probe import Probe, SourceCache, linkable, probe
 from anogen.io import SCHEMA_VERSION, encode_png, write_bytes_replace
 
 logger = logging.getLogger(__name__)
 
-
+# The journal of an export in progress, in its root; it also marks the folder as an (interrupted) anogen export.
+JOURNAL = ".anogen-export.journal.jsonl"
 # Journal rows are appended (and flushed to the kernel) every this many files or seconds.
 CHECKPOINT_FILES = 1000
 CHECKPOINT_S = 2.0

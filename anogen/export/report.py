@@ -24,8 +24,8 @@ from PIL import Image, ImageDraw
 
 from anogen import __version__
 from anogen.errors import InputError
-from anogen.export.common import SynthSet, find_synth_folders, read_synth_set
 from anogen.export.report_verify import verify_block
+from anogen.export.sources import SynthSet, find_synth_folders, read_synth_set
 from anogen.io import to_rgb, write_bytes_atomic, write_text_atomic
 from anogen.progress import ProgressCallback, report
 

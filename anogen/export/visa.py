@@ -12,16 +12,9 @@ import csv
 import io
 from collections.abc import Sequence
 
-from anogen.export.common import (
-    CategoryItems,
-    ExportConfig,
-    ExportPlan,
-    GeneratedFile,
-    PlannedFile,
-    numbered,
-    plan_normal,
-    plan_pair,
-)
+from anogen.export.config import ExportConfig
+from anogen.export.items import CategoryItems
+from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile, numbered, plan_normal, plan_pair
 
 SPLIT_CSV = "split_csv/1cls.csv"
 CSV_COLUMNS = ("object", "split", "label", "image", "mask")

@@ -34,22 +34,12 @@ from typing import Any, Literal
 
 from anogen import __version__
 from anogen.errors import AnogenError, InputError
-from anogen.export.common import (
-    _LICENCES,
-    EXPORT_JSON,
-    EXPORT_MANIFEST,
-    JOURNAL,
-    NOTICE_FILE,
-    RENDER_VERSION,
-    ExportConfig,
-    ExportPlan,
-    GeneratedFile,
-    PlannedFile,
-    SynthSet,
-    notice_text,
-)
-from anogen.export.placing import Converter, Journal, Sources, Written, worker_count, write_planned
+from anogen.export.config import ExportConfig
+from anogen.export.notice import NOTICE_FILE, dataset_licence, notice_text
+from anogen.export.placing import JOURNAL, Converter, Journal, Sources, Written, worker_count, write_planned
+from anogen.export.planning import RENDER_VERSION, ExportPlan, GeneratedFile, PlannedFile
 from anogen.export.probe import SourceCache, cache_file, linkable
+from anogen.export.sources import SynthSet
 from anogen.io import (
     SCHEMA_VERSION,
     fsync_dir,
@@ -62,6 +52,9 @@ from anogen.progress import ProgressCallback, report
 
 logger = logging.getLogger(__name__)
 
+# export.json is written last: its presence marks a complete export. The manifest maps every file to its source.
+EXPORT_JSON = "export.json"
+EXPORT_MANIFEST = "export_manifest.jsonl"
 _PROGRESS_EVERY = 256
 # One encoder for every manifest row: json.dumps builds a new one per call.
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True)
@@ -397,7 +390,7 @@ def run_plan(
                 "data_root": c.data_root,
                 "image_size": list(c.target_size) if c.target_size else None,
                 "grayscale": c.grayscale,
-                "licence": _LICENCES.get(c.dataset_format, _LICENCES["folder"])[1],
+                "licence": dataset_licence(c.dataset_format)[1],
             }
             for c in plan.categories
         ],

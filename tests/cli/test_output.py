@@ -84,7 +84,7 @@ def test_fit_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_export_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anogen.export.common as common
+    import anogen.export as export_package
     from anogen.export.writer import ExportResult
 
     def fake(synth, config, **kwargs):
@@ -93,6 +93,6 @@ def test_export_summary_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             counts={LONG_CATEGORY: {f"test/{LONG_DEFECT}": 1000, "ground_truth/" + LONG_DEFECT: 1000}},
         )
 
-    monkeypatch.setattr(common, "export", fake)
+    monkeypatch.setattr(export_package, "export", fake)
     stdout = invoke(["export", tmp_path, "--data", tmp_path, "--out", tmp_path / "x"])
     assert_whole(stdout, LONG_CATEGORY, f"test/{LONG_DEFECT}", f"ground_truth/{LONG_DEFECT}", LONG_PATH)

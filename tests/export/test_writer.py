@@ -21,8 +21,7 @@ from PIL import Image
 
 import anogen.export.placing as placing
 import anogen.export.writer as writer
-from anogen.export import ExportConfig, export
-from anogen.export.common import PlannedFile, Provenance
+from anogen.export import ExportConfig, PlannedFile, Provenance, export
 from anogen.export.probe import cache_file, probe
 
 # ------------------------------------------------------------------------------------------------ probing

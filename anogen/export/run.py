@@ -1,0 +1,59 @@
+"""The export itself: the table of format planners and :func:`export`, which plans and then writes.
+
+An export is planned first (every output file, its source and how it is derived), then written by
+:mod:`anogen.export.writer`: atomic files, a journal so an interrupted export resumes, and the export manifest
+(``export.json`` + ``export_manifest.jsonl``) when everything is written; a later run with the same inputs finds
+nothing changed and does nothing.
+
+No torch here: exports run on machines that only have the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from anogen.export.coco import plan_coco
+from anogen.export.config import ExportConfig
+from anogen.export.folder import plan_folder
+from anogen.export.items import CategoryItems, collect_items
+from anogen.export.mvtec import plan_mvtec
+from anogen.export.planning import ExportPlan
+from anogen.export.sources import find_synth_folders, read_synth_set
+from anogen.export.visa import plan_visa
+from anogen.export.writer import ExportResult, check_destination, run_plan
+from anogen.progress import ProgressCallback
+
+Planner = Callable[[Sequence[CategoryItems], ExportConfig], ExportPlan]
+
+# Format name -> the planner of its layout; ExportConfig.validate() admits exactly these names (config.FORMATS).
+PLANNERS: dict[str, Planner] = {"mvtec": plan_mvtec, "coco": plan_coco, "folder": plan_folder, "visa": plan_visa}
+
+
+def export(
+    synth: Sequence[str | Path],
+    config: ExportConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    dry_run: bool = False,
+) -> ExportResult | ExportPlan:
+    """Export synth folders (plus the real category) as a data set tree.
+
+    Args:
+        synth (`Sequence[str | Path]`): synth output folders (root, category or defect folders).
+        config (`ExportConfig`): the export's settings.
+        progress (`ProgressCallback`, *optional*): progress events.
+        dry_run (`bool`, defaults to False): plan only; return the :class:`ExportPlan` and write nothing.
+
+    Returns:
+        :class:`ExportResult`, or the :class:`ExportPlan` when ``dry_run``.
+    """
+    config.validate()
+    sets = [read_synth_set(folder) for folder in find_synth_folders(synth)]
+    categories = collect_items(sets, config)
+    plan = PLANNERS[config.format](categories, config)
+    used = [s for s in sets if any(s.category == c.source_name for c in categories)]
+    if dry_run:
+        check_destination(config, used, plan.format)  # the real run's refusals, before anything is written
+        return plan
+    return run_plan(plan, config, inputs=used, progress=progress)
