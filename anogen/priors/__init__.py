@@ -32,9 +32,11 @@ Modules, one concern each (import the public names from ``anogen.priors``):
 - :mod:`anogen.priors.inputs`: :func:`read_category_checked`, :func:`resolve_kind`, one job per source image;
 - :mod:`anogen.priors.cache`: input keys, the ledger of an interrupted run, stale files;
 - :mod:`anogen.priors.stats`: location maps, shape statistics, the preview;
-- :mod:`anogen.priors.build`: :func:`build_prior`, :class:`PriorResult`.
+- :mod:`anogen.priors.build`: :func:`build_prior`, :class:`PriorResult`;
+- :mod:`anogen.priors.auto`: the prior ``fit`` builds itself (:func:`ensure_auto_prior`).
 """
 
+from anogen.priors.auto import AUTO_PRIOR_DIR, AutoPrior, auto_prior_dir, ensure_auto_prior, needs_auto_prior
 from anogen.priors.build import PriorResult, build_prior
 from anogen.priors.cache import LEDGER
 from anogen.priors.inputs import read_category_checked, resolve_kind
@@ -52,21 +54,26 @@ from anogen.priors.record import (
 from anogen.priors.segmentation import background_image, estimate_object_mask
 
 __all__ = [
+    "AUTO_PRIOR_DIR",
     "LEDGER",
     "METHOD",
     "PRIOR_SCHEMA_VERSION",
+    "AutoPrior",
     "KindSource",
     "PriorImage",
     "PriorParams",
     "PriorRecord",
     "PriorResult",
     "Role",
+    "auto_prior_dir",
     "background_image",
     "background_paths",
     "build_prior",
+    "ensure_auto_prior",
     "estimate_object_mask",
     "fraction_on_object",
     "load_prior",
+    "needs_auto_prior",
     "object_mask_for",
     "plausible_location",
     "read_category_checked",
