@@ -254,7 +254,7 @@ def _auto_prior(
 ) -> Any:
     """BCM on and no --prior: build (or reuse) the prior in RUNS/_prior/<category>, said in one line; ``check``
     (the fit's input checks, given the prior's folder) runs first."""
-    from anogen.autoprior import auto_prior_dir, ensure_auto_prior, needs_auto_prior
+    from anogen.priors import auto_prior_dir, ensure_auto_prior, needs_auto_prior
 
     if not needs_auto_prior(cat, resolved, prior):
         return None

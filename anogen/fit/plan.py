@@ -134,7 +134,7 @@ def plan_fit(
             recorded target (the CLI sets it when ``--steps`` is given); ``DefectPlan.recorded_steps`` says where
             that changes a target.
         prior_pending (`bool`, defaults to False): ``prior_dir`` is the prior ``fit`` will build before training
-            (``anogen.autoprior``; a dry run builds nothing): its files are not checked, and the plan (parameter
+            (``anogen.priors.auto``; a dry run builds nothing): its files are not checked, and the plan (parameter
             count, memory and time) is still the BCM fit's.
 
     Returns:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from anogen.data.model import Category, CategoryKind
 from anogen.errors import AnogenError
 from anogen.io import safe_name
+from anogen.priors.build import build_prior
 from anogen.progress import ProgressCallback
 
 if TYPE_CHECKING:
@@ -87,8 +88,6 @@ def ensure_auto_prior(
         DataError: from :func:`anogen.priors.build_prior` (no normal images, an unreadable file).
         AnogenError: the main process did not finish the prior within ``wait_s``.
     """
-    from anogen.priors import build_prior
-
     root = auto_prior_dir(runs)
     folder = root / safe_name(category.name)
 
