@@ -280,15 +280,19 @@ def git(*args: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="Run one fixed anogen pipeline with BASE_REF's code and with the working tree's; compare every "
+                    "file byte for byte (exit 0: identical, 1: something differs).")
     parser.add_argument("base_ref", metavar="BASE_REF", help="git ref whose code gives the expected outputs")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR (created, must be empty) and keep both sides' folders there")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = parser.parse_args(argv)
 
-    base_commit = git("rev-parse", "--verify", f"{args.base_ref}^{{commit}}")
+    try:
+        base_commit = git("rev-parse", "--verify", f"{args.base_ref}^{{commit}}")
+    except subprocess.CalledProcessError:
+        parser.error(f"{args.base_ref!r} is not a commit of {REPO}")
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         if any(args.keep.iterdir()):
