@@ -23,14 +23,28 @@ class Dist:
     device: torch.device | None = None
 
 
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it (0 without a launcher); sets nothing up."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def launcher_world_size() -> int:
+    """How many processes the launcher started (1 without a launcher); sets nothing up."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def is_main_process() -> bool:
+    """Whether this process speaks for the run (rank 0): under a launcher only it prints and writes summaries."""
+    return launcher_rank() == 0
+
+
 def current_dist() -> Dist:
     """Rank and world size from the launcher's environment (``accelerate launch``, ``torchrun``).
 
     With ``WORLD_SIZE > 1`` the process group is set up through :class:`accelerate.PartialState` (gloo on CPU),
     which needs ``MASTER_ADDR`` and ``MASTER_PORT`` as well; barriers go through it.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    if launcher_world_size() <= 1:
         return Dist()
     import torch
     from accelerate import PartialState
@@ -40,4 +54,4 @@ def current_dist() -> Dist:
                 device=state.device)
 
 
-__all__ = ["Dist", "current_dist"]
+__all__ = ["Dist", "current_dist", "is_main_process", "launcher_rank", "launcher_world_size"]

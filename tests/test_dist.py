@@ -25,3 +25,20 @@ def test_single_process_without_a_launcher(monkeypatch: pytest.MonkeyPatch, worl
     assert (dist.rank, dist.world, dist.device) == (0, 1, None)
     assert dist == Dist(rank=0, world=1, barrier=dist.barrier)
     dist.barrier()  # a no-op with one process
+
+
+@pytest.mark.parametrize(
+    ("rank", "world", "expected"),
+    [(None, None, (0, 1, True)), ("0", "2", (0, 2, True)), ("1", "2", (1, 2, False)), ("", "", (0, 1, True))],
+)
+def test_launcher_values_without_setting_up_a_group(
+    monkeypatch: pytest.MonkeyPatch, rank: str | None, world: str | None, expected: tuple[int, int, bool]
+) -> None:
+    from anogen.dist import is_main_process, launcher_rank, launcher_world_size
+
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert (launcher_rank(), launcher_world_size(), is_main_process()) == expected

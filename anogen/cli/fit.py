@@ -6,7 +6,6 @@ Resumable (``--resume``), checkpointed, validated with a sample grid; spreads ov
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +28,7 @@ from anogen.cli._common import (
     epilog,
     make_output,
 )
+from anogen.dist import is_main_process
 from anogen.errors import InputError
 
 EPILOG = epilog(
@@ -184,7 +184,7 @@ def fit_command(
     else:
         overrides["train"]["max_grad_norm"] = max_grad_norm
         resolved = resolve(preset_name, config, overrides, recipe=recipe)
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = is_main_process()
     if main_process:
         out_.info(escape(preset_line(resolved)))
     resolved, notice = resolution_for_backbone(resolved, resolution_given=resolution is not None, config_file=config)

@@ -7,7 +7,6 @@ See docs/synth.md.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +28,7 @@ from anogen.cli._common import (
     epilog,
     make_output,
 )
+from anogen.dist import is_main_process
 from anogen.errors import InputError
 
 EPILOG = epilog(
@@ -115,7 +115,7 @@ def synth_command(
     from anogen import synth as synth_lib
     from anogen.config import resolve
 
-    main_process = os.environ.get("RANK", "0") == "0"
+    main_process = is_main_process()
     # Under a launcher only rank 0 talks; the others would print the same progress again.
     out_ = make_output(quiet=quiet or not main_process, json_mode=json_output)
     overrides: dict[str, dict[str, Any]] = {

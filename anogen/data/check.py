@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from anogen.data.model import Category, DefectSample, ImageInfo, Problem, Severity
+from anogen.data.model import Category, DefectSample, DefectType, ImageInfo, Problem, ProblemsMixin, Severity
 from anogen.data.split import default_shots, few_shot_split
 from anogen.errors import DataError
-from anogen.io import natural_key
+from anogen.io import natural_key, safe_name
 from anogen.progress import ProgressCallback, report
 
 logger = logging.getLogger(__name__)
@@ -250,6 +250,28 @@ def inspect_mask(
     return ImageInfo(path=path, size=size, mode=mode), coverage
 
 
+def read_defect_folders(
+    category: Category,
+    image_dirs: list[Path],
+    mask_root: Path,
+    findings: Findings,
+    *,
+    mask_suffixes: tuple[str, ...],
+) -> None:
+    """Add one defect type per folder of ``image_dirs`` to ``category``, its masks in ``mask_root/<folder name>``.
+
+    Two folders whose sanitised names collide are a problem, not a silent merge: the second one is skipped.
+    """
+    for image_dir in image_dirs:
+        defect = safe_name(image_dir.name)
+        if defect in category.defects:
+            findings.error(image_dir, f"two defect folders map to the same name {defect!r}", defect)
+            continue
+        masks = mask_root / image_dir.name
+        samples = pair_defect_images(image_dir, masks, findings, defect, mask_suffixes=mask_suffixes)
+        category.defects[defect] = DefectType(defect, samples)
+
+
 def pair_defect_images(
     image_dir: Path,
     mask_dir: Path,
@@ -363,7 +385,7 @@ class DefectRow:
 
 
 @dataclass
-class CheckReport:
+class CheckReport(ProblemsMixin):
     """What ``anogen data check`` prints: the category, a row per defect type and every problem."""
 
     category: Category
@@ -374,14 +396,6 @@ class CheckReport:
     # Filled in by the caller from anogen.config.choose_preset: readers and checks know nothing of presets.
     preset: str | None = None
     preset_reason: str | None = None
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity is Severity.ERROR]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity is Severity.WARNING]
 
     def to_dict(self) -> dict[str, Any]:
         cat = self.category

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from anogen.data.check import Findings, pair_defect_images, read_normal_folder, sub_folders
-from anogen.data.model import Category, CategoryKind, DefectType
+from anogen.data.check import Findings, read_defect_folders, read_normal_folder, sub_folders
+from anogen.data.model import Category, CategoryKind
 from anogen.errors import DataError
 from anogen.io import safe_name
 from anogen.progress import ProgressCallback
@@ -108,13 +108,7 @@ def read(folder: Path, *, progress: ProgressCallback | None = None) -> Category:
         findings.error(defects_dir, "missing folder: one sub-folder of defect images per defect type belongs here")
     elif not type_dirs:
         findings.error(defects_dir, "no defect types: put each defect type's images in a sub-folder")
-    for image_dir in type_dirs:
-        defect = safe_name(image_dir.name)
-        if defect in category.defects:
-            findings.error(image_dir, f"two defect folders map to the same name {defect!r}", defect)
-            continue
-        samples = pair_defect_images(image_dir, masks_dir / image_dir.name, findings, defect, mask_suffixes=suffixes)
-        category.defects[defect] = DefectType(defect, samples)
+    read_defect_folders(category, type_dirs, masks_dir, findings, mask_suffixes=suffixes)
     if masks_dir.is_dir():
         known = {d.name for d in type_dirs}
         for mask_dir in sub_folders(masks_dir, findings):

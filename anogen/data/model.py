@@ -64,8 +64,22 @@ class DefectType:
     samples: list[DefectSample] = field(default_factory=list)
 
 
+class ProblemsMixin:
+    """``errors`` and ``warnings`` of anything that holds a ``problems`` list (a category, a check report)."""
+
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.WARNING]
+
+
 @dataclass
-class Category:
+class Category(ProblemsMixin):
     """A category of one data set, as read from disk.
 
     Attributes:
@@ -87,14 +101,6 @@ class Category:
     defects: dict[str, DefectType] = field(default_factory=dict)
     kind: CategoryKind | None = None
     problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity is Severity.ERROR]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity is Severity.WARNING]
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from anogen.data.check import Findings, pair_defect_images, read_normal_folder, sub_folders
-from anogen.data.model import Category, CategoryKind, DefectType
+from anogen.data.check import Findings, read_defect_folders, read_normal_folder, sub_folders
+from anogen.data.model import Category, CategoryKind
 from anogen.io import safe_name
 from anogen.progress import ProgressCallback
 
@@ -59,13 +59,7 @@ def read(folder: Path, *, dataset_format: str = "mvtec", progress: ProgressCallb
         findings.error(test_dir, "missing: MVTec AD keeps its defect images in test/<defect>/")
     elif not defect_dirs:
         findings.error(test_dir, "no defect folders (test/ holds only good/)")
-    for image_dir in defect_dirs:
-        defect = safe_name(image_dir.name)
-        if defect in category.defects:
-            findings.error(image_dir, f"two defect folders map to the same name {defect!r}", defect)
-            continue
-        samples = pair_defect_images(image_dir, gt_dir / image_dir.name, findings, defect, mask_suffixes=("_mask",))
-        category.defects[defect] = DefectType(defect, samples)
+    read_defect_folders(category, defect_dirs, gt_dir, findings, mask_suffixes=("_mask",))
 
     if gt_dir.is_dir():
         known = {d.name for d in defect_dirs}

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 from anogen.config import ResolvedConfig
 from anogen.data.model import Category, CategoryKind, DefectSample
 from anogen.data.split import Split, few_shot_split
+from anogen.dist import launcher_world_size
 from anogen.errors import DataError, InputError
 from anogen.fit.estimate import _count_parameters, estimate_fit_seconds, measured_s_per_step
 from anogen.fit.results import DefectPlan, FitPlan
@@ -24,11 +24,6 @@ ParallelMode = Literal["auto", "defects", "data"]
 
 
 # --------------------------------------------------------------------------------------------- planning
-
-
-def _world() -> tuple[int, int]:
-    """(process index, number of processes) of an ``accelerate launch`` / ``torchrun`` run, read from its env."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_parallel(parallel: ParallelMode, num_defects: int, num_processes: int) -> str:
@@ -144,7 +139,7 @@ def plan_fit(
         InputError: (and subclasses) for every bad input above, one line each.
     """
     device = device or _default_device()
-    world = num_processes if num_processes is not None else _world()[1]
+    world = num_processes if num_processes is not None else launcher_world_size()
     _check_train_config(config, device)
     names = _select_defects(category, defects)
     mode = resolve_parallel(parallel, len(names), world)
