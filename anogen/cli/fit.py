@@ -26,6 +26,7 @@ from anogen.cli._common import (
     RecipeOpt,
     SeedOpt,
     epilog,
+    format_duration,
     make_output,
 )
 from anogen.dist import is_main_process
@@ -62,9 +63,7 @@ def _mib(value: int | None) -> str:
 def _eta(seconds: float | None, basis: str) -> str:
     if seconds is None:
         return "unknown (backbone configs not local)"
-    from anogen.cli.synth import duration
-
-    return f"{duration(seconds)} ({basis})"
+    return f"{format_duration(seconds)} ({basis})"
 
 
 def fit_command(

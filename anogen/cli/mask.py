@@ -13,8 +13,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from anogen.cli._common import JsonOpt, QuietOpt, epilog, make_output
-from anogen.cli.synth import OnObjectOpt, ThresholdOpt, parse_threshold
+from anogen.cli._common import (
+    JsonOpt,
+    MaskThresholdOpt,
+    OnObjectOpt,
+    QuietOpt,
+    epilog,
+    make_output,
+    parse_mask_threshold,
+    warn_top_up,
+)
 
 EPILOG = epilog(
     "anogen mask synth --threshold otsu",
@@ -25,7 +33,7 @@ EPILOG = epilog(
 
 def mask_command(
     synth: Annotated[Path, typer.Argument(help="Synth output: the root, a category folder or a defect folder.")],
-    threshold: ThresholdOpt = None,
+    threshold: MaskThresholdOpt = None,
     blur_sigma: Annotated[float | None, typer.Option("--blur-sigma", help="Gaussian smoothing (pixels).")] = None,
     open_radius: Annotated[int | None, typer.Option("--open-radius", help="Opening radius (pixels).")] = None,
     close_radius: Annotated[int | None, typer.Option("--close-radius", help="Closing radius (pixels).")] = None,
@@ -42,7 +50,7 @@ def mask_command(
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
     overrides: dict[str, Any] = {
-        "threshold": parse_threshold(threshold),
+        "threshold": parse_mask_threshold(threshold),
         "blur_sigma": blur_sigma,
         "open_radius": open_radius,
         "close_radius": close_radius,
@@ -60,6 +68,4 @@ def mask_command(
             str(f["count"]),
         )
     out_.table(table)
-    short = [f["folder"] for f in summary.folders if f["needs_top_up"]]
-    if short:
-        out_.warn(escape(f"fewer than count accepted in {', '.join(short)}: rerun the same `anogen synth` to top up"))
+    warn_top_up(out_, summary.folders)

@@ -18,6 +18,7 @@ from anogen.cli._common import (
     QuietOpt,
     epilog,
     make_output,
+    parse_object_threshold,
 )
 
 EPILOG = epilog(
@@ -74,7 +75,7 @@ def prior(
         raise InputError(f"--stats-from must be train or all, not {stats_from!r}")
     params = PriorParams()
     if threshold is not None:
-        params = PriorParams(threshold=_parse_threshold(threshold))
+        params = PriorParams(threshold=parse_object_threshold(threshold))
     preset_bcm = None
     if preset is not None or config is not None:
         from anogen.config import resolve
@@ -118,17 +119,3 @@ def prior(
             else ""
         )
         output.result(f"{folder}: {result.kind} prior, {len(result.written)} files written{extra}{coverage}")
-
-
-def _parse_threshold(text: str) -> float | Literal["otsu"]:
-    from anogen.errors import InputError
-
-    if text.strip().lower() == "otsu":
-        return "otsu"
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"--threshold must be a number or 'otsu', not {text!r}") from None
-    if value <= 0:
-        raise InputError(f"--threshold must be positive, got {value}")
-    return value

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from anogen.cli._common import JsonOpt, QuietOpt, epilog
+from anogen.cli._common import JsonOpt, QuietOpt, epilog, make_output
 
 EPILOG = epilog(
     "anogen report synth/",
@@ -34,7 +34,6 @@ def report_command(
     Per defect type: image | part | mask overlay grid, accepted/rejected counts with reasons, a mask-area
     histogram, seeds and adapter info. Open the page in any browser; no server needed.
     """
-    from anogen.cli._common import make_output
     from anogen.export.report import write_report
 
     output = make_output(quiet=quiet, json_mode=json_output)

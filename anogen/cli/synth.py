@@ -18,18 +18,22 @@ from anogen.cli._common import (
     ConfigOpt,
     DryRunOpt,
     JsonOpt,
+    MaskThresholdOpt,
     MaxBackgroundOpt,
     MinAlignmentOpt,
     MinCopyOpt,
+    OnObjectOpt,
     PresetOpt,
     QuietOpt,
     RecipeOpt,
     SeedOpt,
     epilog,
+    format_duration,
     make_output,
+    parse_mask_threshold,
+    verify_overrides,
 )
 from anogen.dist import is_main_process
-from anogen.errors import InputError
 
 EPILOG = epilog(
     "anogen synth runs --count 200 --out synth",
@@ -39,13 +43,6 @@ EPILOG = epilog(
     "accelerate launch --num_processes 4 -m anogen synth runs --count 1000 --out synth",
 )
 
-ThresholdOpt = Annotated[
-    str | None,
-    typer.Option("--threshold", help="Mask threshold: distance from grey on a 0-1 scale (e.g. 0.12), or otsu."),
-]
-OnObjectOpt = Annotated[
-    bool, typer.Option("--on-object-only", help="Reject masks lying mostly off the object (needs a prior).")
-]
 VerifyOpt = Annotated[
     str | None,
     typer.Option(
@@ -55,21 +52,6 @@ VerifyOpt = Annotated[
         "(score for every preset until its thresholds are validated).",
     ),
 ]
-
-
-def parse_threshold(value: str | None) -> float | str | None:
-    """``"otsu"`` or a number in [0, 1]; ``None`` when the flag was not given."""
-    if value is None:
-        return None
-    if value.strip().lower() == "otsu":
-        return "otsu"
-    try:
-        number = float(value)
-    except ValueError:
-        raise InputError(f"--threshold takes a number in [0, 1] or otsu (got {value!r})") from None
-    if not 0.0 <= number <= 1.0:
-        raise InputError(f"--threshold must lie in [0, 1] (distance from grey), got {number}")
-    return number
 
 
 def synth_command(
@@ -97,7 +79,7 @@ def synth_command(
     mixed_precision: Annotated[
         str | None, typer.Option("--mixed-precision", help="no | fp16 | bf16 (GPU only; ignored on CPU).")
     ] = None,
-    threshold: ThresholdOpt = None,
+    threshold: MaskThresholdOpt = None,
     on_object_only: OnObjectOpt = False,
     verify: VerifyOpt = None,
     min_alignment: MinAlignmentOpt = None,
@@ -129,13 +111,8 @@ def synth_command(
             "max_attempts": max_attempts,
             "mixed_precision": mixed_precision,
         },
-        "mask": {"threshold": parse_threshold(threshold), "on_object_only": True if on_object_only else None},
-        "verify": {
-            "mode": verify.strip().lower() if verify is not None else None,
-            "alignment_min": min_alignment,
-            "background_max": max_background,
-            "copy_min": min_copy_distance,
-        },
+        "mask": {"threshold": parse_mask_threshold(threshold), "on_object_only": True if on_object_only else None},
+        "verify": verify_overrides(verify, min_alignment, max_background, min_copy_distance),
     }
     sample_cfg = mask_cfg = verify_cfg = None
     if preset is not None or config is not None:
@@ -178,22 +155,14 @@ def _print_plan(out: Any, entries: list[dict[str, Any]]) -> None:
             str(e["count"]),
             f"{e['to_generate']} (max {e['max_attempts']})",
             f"{e['sampler']} x{e['steps']}, g {e['guidance']}",
-            f"{duration(e['estimated_s'])} ({e['estimate_basis']})",
+            f"{format_duration(e['estimated_s'])} ({e['estimate_basis']})",
             f"{e['estimated_disk_mb']:.1f} MB",
             escape(e["out"]),
         )
     out.table(table)
     total_s = sum(e["estimated_s"] for e in entries)
     total_mb = sum(e["estimated_disk_mb"] for e in entries)
-    out.result(f"total: about {duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    out.result(f"total: about {format_duration(total_s)} and {total_mb:.1f} MB (no model loaded, nothing written)")
 
 
 def _print_summary(out: Any, summary: Any) -> None:
@@ -207,7 +176,7 @@ def _print_summary(out: Any, summary: Any) -> None:
             rejected,
             str(d.attempts),
             area,
-            duration(d.elapsed_s),
+            format_duration(d.elapsed_s),
             f"{d.samples_per_s:.2f}",
         )
     out.table(table)

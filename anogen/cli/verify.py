@@ -8,7 +8,7 @@ folder up with these thresholds. See docs/verify.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -22,6 +22,8 @@ from anogen.cli._common import (
     QuietOpt,
     epilog,
     make_output,
+    verify_overrides,
+    warn_top_up,
 )
 
 EPILOG = epilog(
@@ -48,12 +50,7 @@ def verify_command(
     from anogen.verify.rescore import verify_output
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
-    overrides: dict[str, Any] = {
-        "mode": mode.strip().lower() if mode is not None else None,
-        "alignment_min": min_alignment,
-        "background_max": max_background,
-        "copy_min": min_copy_distance,
-    }
+    overrides = verify_overrides(mode, min_alignment, max_background, min_copy_distance)
     with out_.progress() as display:
         summary = verify_output(synth, overrides=overrides, progress=display)
     out_.emit_json({"folders": summary.folders})
@@ -65,6 +62,4 @@ def verify_command(
             str(f["accepted_after"]), str(f["count"]), escape(rejected),
         )
     out_.table(table)
-    short = [f["folder"] for f in summary.folders if f["needs_top_up"]]
-    if short:
-        out_.warn(escape(f"fewer than count accepted in {', '.join(short)}: rerun the same `anogen synth` to top up"))
+    warn_top_up(out_, summary.folders)
