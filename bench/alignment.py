@@ -27,9 +27,9 @@ from anogen.data import read_category
 from anogen.eval.quality import alignment
 from anogen.fit import fit
 from anogen.io import load_mask, load_rgb
-from anogen.manifest import read_rows
 from anogen.model.backbone import load_backbone
 from anogen.priors import build_prior
+from anogen.records.manifest import read_rows
 from anogen.synth import synthesize
 from anogen.toy.data import DEFECTS, defect_pixels, make_category
 

@@ -325,6 +325,7 @@ def synth_row(backbone: Any, device: Any, recipe: str, bcm: bool, pairs: int, st
     from diffusers import StableDiffusionPipeline
 
     from anogen.model.dual import DualAdapter
+    from anogen.records import AdapterRecord
     from anogen.synth import encode_backgrounds, sample_pairs
 
     config = _configs(recipe, bcm)
@@ -334,7 +335,9 @@ def synth_row(backbone: Any, device: Any, recipe: str, bcm: bool, pairs: int, st
     adapter = DualAdapter.from_backbone(backbone, config.adapter, seed=0)
     nonzero_adapter(adapter, seed=0)
     adapter.to(device)
-    record = {"prompts": {"whole": config.adapter.prompt_whole, "part": config.adapter.prompt_part}}
+    record = AdapterRecord.from_dict(
+        {"prompts": {"whole": config.adapter.prompt_whole, "part": config.adapter.prompt_part}}
+    )
     backgrounds = None
     if bcm:
         rng = np.random.default_rng(0)

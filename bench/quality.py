@@ -82,9 +82,9 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
     from anogen.eval.protocol import read_synth
     from anogen.eval.quality import measure_quality, rejections
     from anogen.fit import fit
-    from anogen.manifest import read_all_rows
     from anogen.model.backbone import load_backbone
     from anogen.priors import build_prior
+    from anogen.records.manifest import read_all_rows
     from anogen.synth import synthesize
     from anogen.toy import defect_pixels, make_category
     from bench.common import random_toy_backbone

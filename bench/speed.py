@@ -131,8 +131,8 @@ def _write_like_synth(folder: Path, first_id: int, images: Any, parts: Any) -> N
     manifest row."""
     from anogen.config import MaskConfig
     from anogen.io import save_png_atomic
-    from anogen.manifest import append_row, make_row, sample_name
     from anogen.masks import make_mask
+    from anogen.records.manifest import append_row, make_row, sample_name
 
     mask_config = MaskConfig()
     for k in range(len(images)):
@@ -152,6 +152,7 @@ def task_synth(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from anogen.model.dual import encode_prompts
+    from anogen.records import AdapterRecord
     from anogen.synth import sample_pairs
 
     backbone, description = _setup(args)
@@ -184,7 +185,7 @@ def task_synth(args: dict[str, Any]) -> dict[str, Any]:
 
     def run_anogen_e2e() -> None:
         t0 = time.perf_counter()
-        images, parts = sample_pairs(backbone, adapter, {}, seeds, sc, device=device)
+        images, parts = sample_pairs(backbone, adapter, AdapterRecord.from_dict({}), seeds, sc, device=device)
         _sync()
         t1 = time.perf_counter()
         folder = out_root / f"round{counter['round']}"
@@ -196,7 +197,8 @@ def task_synth(args: dict[str, Any]) -> dict[str, Any]:
         write_times.append(time.perf_counter() - t1)
 
     def run_bcm() -> None:
-        sample_pairs(backbone, bcm_adapter, {}, seeds, sc, device=device, background_latents=backgrounds)
+        sample_pairs(backbone, bcm_adapter, AdapterRecord.from_dict({}), seeds, sc, device=device,
+                     background_latents=backgrounds)
         _sync()
 
     def run_loop() -> None:
@@ -427,6 +429,7 @@ def task_memory(args: dict[str, Any]) -> dict[str, Any]:
         for _ in range(steps):
             step()
     else:
+        from anogen.records import AdapterRecord
         from anogen.synth import sample_pairs
 
         sc = _sample_config(args)
@@ -434,7 +437,7 @@ def task_memory(args: dict[str, Any]) -> dict[str, Any]:
         if what == "synth":
             adapter = _adapter(backbone, args["rank"], args.get("saim_width"))
             for _ in range(steps):
-                sample_pairs(backbone, adapter, {}, list(range(pairs)), sc, device=_device())
+                sample_pairs(backbone, adapter, AdapterRecord.from_dict({}), list(range(pairs)), sc, device=_device())
         else:
             pipe = _pipeline(backbone, sc.sampler)
             size = backbone.resolution

@@ -107,6 +107,7 @@ def subject(workload: str, args: dict[str, Any]) -> dict[str, Any]:
     if workload == "fit":
         step, _ = _anogen_step(backbone, {"pairs": args["fit_pairs"], "rank": 8, "saim_width": None})
     else:
+        from anogen.records import AdapterRecord
         from anogen.synth import sample_pairs
 
         adapter = _adapter(backbone, 8, None)
@@ -115,7 +116,7 @@ def subject(workload: str, args: dict[str, Any]) -> dict[str, Any]:
         seeds = list(range(args["synth_pairs"]))
 
         def step() -> None:
-            sample_pairs(backbone, adapter, {}, seeds, sc, device="cpu")
+            sample_pairs(backbone, adapter, AdapterRecord.from_dict({}), seeds, sc, device="cpu")
 
     times: list[float] = []
     began = time.perf_counter()

@@ -188,6 +188,7 @@ def measure_generation(backbone: Any, config: VerifyConfig, kind: str, pairs: in
     """Generation per pair (toy, bench.speed's settings) and scoring per whole image, interleaved in one process."""
     from anogen.config import AdapterConfig, SampleConfig
     from anogen.model.dual import DualAdapter
+    from anogen.records import AdapterRecord
     from anogen.synth import sample_pairs
     from anogen.verify.normal import build_normal_model
     from bench.speed import _nonzero
@@ -200,7 +201,8 @@ def measure_generation(backbone: Any, config: VerifyConfig, kind: str, pairs: in
     gen, score = [], []
     for r in range(rounds):
         t0 = time.perf_counter()
-        images, parts = sample_pairs(backbone, adapter, {}, list(range(r * pairs, (r + 1) * pairs)), sc)
+        ids = list(range(r * pairs, (r + 1) * pairs))
+        images, parts = sample_pairs(backbone, adapter, AdapterRecord.from_dict({}), ids, sc)
         gen.append((time.perf_counter() - t0) / pairs)
         masks = [np.asarray(p).astype(np.int16).__sub__(128).__abs__().max(axis=-1) > 30 for p in parts]
         t0 = time.perf_counter()

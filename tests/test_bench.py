@@ -76,11 +76,11 @@ def test_report_marks_each_goal_met_or_not():
 
 def test_export_bench_end_to_end_on_a_small_world(tmp_path) -> None:
     """bench/export.py at 30 samples: its synth folder is one anogen reads, every contestant is timed."""
-    from anogen.export import read_synth_set
+    from anogen.records import read_synth_folder
     from bench.export import make_world, run
 
     world = make_world(tmp_path / "w", 7)
-    sets = [read_synth_set(world["synth"] / "widget" / d) for d in ("crack", "scratch")]
+    sets = [read_synth_folder(world["synth"] / "widget" / d) for d in ("crack", "scratch")]
     assert [len(s.samples) for s in sets] == [4, 3]
     result = run(30, 1, tmp_path / "bench", cli=False)
     # 30 images + 30 masks + 72 real normals + export.json, export_manifest.jsonl, LICENSE-NOTICE.txt

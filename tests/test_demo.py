@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from anogen.manifest import read_rows
+from anogen.records.manifest import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4

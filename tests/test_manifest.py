@@ -7,21 +7,21 @@ import json
 import pytest
 
 from anogen.errors import InputError
-from anogen.manifest import (
+from anogen.records.manifest import (
     MANIFEST,
     append_row,
     cutoff_id,
     find_adapter_dirs,
     find_synth_dirs,
-    load_synth,
     make_row,
     read_all_rows,
     read_rows,
     result_rows,
     shard_name,
     write_manifest,
-    write_run_json,
 )
+from anogen.records.run import write_run_json
+from anogen.records.synth import read_synth_folder
 
 
 def row(i: int, accepted: bool = True) -> dict:
@@ -88,10 +88,14 @@ def test_cutoff_and_result():
     assert [r["id"] for r in result_rows(rows, None)] == [0, 2, 4, 5]
 
 
-def test_load_synth_uses_run_count(tmp_path):
+def test_synth_folder_uses_run_count(tmp_path):
     write_manifest(tmp_path, [row(i, i % 2 == 0) for i in range(8)])
     write_run_json(tmp_path, {"count": 3})
-    assert [r["id"] for r in load_synth(tmp_path)] == [0, 2, 4]
+    for sub in ("image", "part", "mask"):
+        (tmp_path / sub).mkdir()
+        for i in range(8):
+            (tmp_path / sub / f"{i:06d}.png").touch()
+    assert [s.id for s in read_synth_folder(tmp_path).samples] == [0, 2, 4]
     assert json.loads((tmp_path / "run.json").read_text())["schema_version"] == 1
 
 

@@ -15,6 +15,7 @@ from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter
 from anogen.model.processor import DualState
+from anogen.records import AdapterRecord
 from anogen.synth import encode_backgrounds, pool_size, reference_index, sample_pairs, synthesize
 from tests.test_sample import write_prior
 from tests.test_train import SIZE, write_toy_category
@@ -116,7 +117,7 @@ def _record_reference_passes(backbone):
 
 def test_grey_unconditional_reference(backbone):
     adapter = _bcm_adapter(backbone)
-    record = {"prompts": {"whole": WHOLE, "part": PART}}
+    record = AdapterRecord.from_dict({"prompts": {"whole": WHOLE, "part": PART}})
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(2)]
     refs = encode_backgrounds(backbone, images, device="cpu")

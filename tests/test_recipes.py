@@ -126,15 +126,16 @@ def test_unknown_recipe_is_refused() -> None:
 
 
 def test_synth_recipe_takes_the_fit_preset_under_that_recipe() -> None:
+    from anogen.records import AdapterRecord
     from anogen.synth.jobs import configs_for
 
     recorded = dataclasses.asdict(resolve("mvtec/screw").sample)
-    record = {"preset": "mvtec/screw", "config": {"sample": recorded, "mask": {}}}
+    record = AdapterRecord.from_dict({"preset": "mvtec/screw", "config": {"sample": recorded, "mask": {}}})
     assert configs_for(record, None, None, None)[0].sampler == "pndm"
     fast, _ = configs_for(record, None, None, {"sample": {"count": 5}}, "fast")
     assert (fast.sampler, fast.steps, fast.guidance, fast.count) == ("dpmsolver++", 30, 2.5, 5)
-    back, _ = configs_for({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}}, None, None,
-                           None, "reference")
+    faster = AdapterRecord.from_dict({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}})
+    back, _ = configs_for(faster, None, None, None, "reference")
     assert (back.sampler, back.steps, back.guidance, back.bcm_reference_every) == ("pndm", 50, 1.2, 10)
 
 

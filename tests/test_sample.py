@@ -28,10 +28,11 @@ import torch
 
 from anogen.config import AdapterConfig, MaskConfig, SampleConfig
 from anogen.errors import CompatibilityError
-from anogen.manifest import read_rows
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter
+from anogen.records import AdapterRecord
+from anogen.records.manifest import read_rows
 from anogen.synth import remask, sample_pairs, step_noise_generator, synthesize
 
 WHOLE, PART = "a vfx with sks", "sks"
@@ -130,7 +131,7 @@ def test_fresh_adapter_branches_equal_stock_pipeline(backbone, coupling, bcm, sa
     if bcm:  # a fresh BCM gate is 0: the background must not change anything either
         background = torch.randn((3, backbone.latent_channels, side, side), generator=torch.Generator().manual_seed(0))
     images, parts = sample_pairs(
-        backbone, adapter, {"prompts": {"whole": WHOLE, "part": PART}}, seeds, cfg,
+        backbone, adapter, AdapterRecord.from_dict({"prompts": {"whole": WHOLE, "part": PART}}), seeds, cfg,
         background_latents=background, output_type="float",
     )
     assert images.shape == (2, backbone.resolution, backbone.resolution, 3)
@@ -160,13 +161,13 @@ def test_trained_part_lora_changes_only_the_part_branch(backbone):
     """Sanity check of the comparison above: a non-zero part-branch LoRA (SAIM off) moves parts, not wholes."""
     adapter = DualAdapter.from_backbone(backbone, AdapterConfig(rank=4, coupling="none"), seed=1)
     cfg = SampleConfig(steps=2, guidance=2.5)
-    base_img, base_part = sample_pairs(backbone, adapter, {}, [7], cfg, output_type="float")
+    base_img, base_part = sample_pairs(backbone, adapter, AdapterRecord.from_dict({}), [7], cfg, output_type="float")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in adapter.named_parameters():
             if name.endswith(".up"):
                 p[1].copy_(torch.randn(p[1].shape, generator=gen) * 0.5)  # branch 1 = part
-    img, part = sample_pairs(backbone, adapter, {}, [7], cfg, output_type="float")
+    img, part = sample_pairs(backbone, adapter, AdapterRecord.from_dict({}), [7], cfg, output_type="float")
     assert np.abs(img - base_img).max() < 1e-5
     assert np.abs(part - base_part).max() > 1e-2
 
@@ -195,7 +196,8 @@ def test_deterministic_across_runs_and_batch_sizes(runs, tmp_path, sampler):
 
 
 def test_smaller_count_keeps_earlier_samples(runs, tmp_path):
-    from anogen.manifest import load_synth
+    from anogen.records import read_synth_folder
+    from anogen.records.manifest import result_rows
 
     out = tmp_path / "out"
     synthesize(runs, out, overrides={"sample": {"count": 4, "batch_size": 4}})
@@ -204,8 +206,9 @@ def test_smaller_count_keeps_earlier_samples(runs, tmp_path):
     summary = synthesize(runs, out, overrides={"sample": {"count": 2}})
     assert summary.defects[0].generated == 0 and summary.defects[0].accepted == 2
     assert tree_hashes(folder) == before  # nothing of the larger result is deleted
-    assert [r["id"] for r in load_synth(folder)] == [r["id"] for r in load_synth(folder, 4)][:2]
-    assert len(load_synth(folder)) == 2
+    samples = read_synth_folder(folder).samples
+    assert [s.id for s in samples] == [r["id"] for r in result_rows(read_rows(folder / "manifest.jsonl"), 4)][:2]
+    assert len(samples) == 2
 
 
 def test_rejected_attempts_recorded_and_exhausted(runs, tmp_path):
@@ -409,8 +412,9 @@ def test_bcm_and_on_object_only(backbone, tmp_path):
     side = 16
     bgs = torch.randn((2, 4, side, side), generator=torch.Generator().manual_seed(1))
     cfg = SampleConfig(steps=2)
-    a, _ = sample_pairs(backbone, adapter, record, [9], cfg, background_latents=bgs[:1], output_type="float")
-    b, _ = sample_pairs(backbone, adapter, record, [9], cfg, background_latents=bgs[1:], output_type="float")
+    made_with = AdapterRecord.from_dict(record)
+    a, _ = sample_pairs(backbone, adapter, made_with, [9], cfg, background_latents=bgs[:1], output_type="float")
+    b, _ = sample_pairs(backbone, adapter, made_with, [9], cfg, background_latents=bgs[1:], output_type="float")
     assert np.abs(a - b).max() > 1e-3
 
 
@@ -418,7 +422,7 @@ def test_fast_rank_waits_for_the_slow_one(tmp_path):
     """A rank more than `lookahead` ids ahead of the first unfinished id waits until the others catch up."""
     import threading
 
-    from anogen.manifest import append_row, make_row, shard_name
+    from anogen.records.manifest import append_row, make_row, shard_name
     from anogen.synth.run import wait_for_slower_ranks
 
     def row(i):

@@ -133,12 +133,12 @@ def test_training_lowers_the_loss_and_save_load_reproduces(category, tiny_backbo
     assert torch.equal(outputs[0], outputs[1])
 
     # adapter.json records what docs/architecture.md lists
-    assert record["category"] == "widget" and record["defect"] == "stain"
-    assert record["split"] == {"train": ["000", "001"], "held_out": ["002", "003", "004", "005"]}
-    assert record["backbone"]["content_hash"] == tiny_backbone.content_hash
-    assert record["steps_done"] == 60 and record["seed"] == 0 and record["schema_version"] >= 1
-    assert record["config"]["train"]["steps"] == 60 and record["prompts"]["part"] == "sks"
-    assert record["data"]["format"] == "mvtec" and record["data"]["image_size"] == [SIZE, SIZE]
+    assert record.raw["category"] == "widget" and record.raw["defect"] == "stain"
+    assert record.raw["split"] == {"train": ["000", "001"], "held_out": ["002", "003", "004", "005"]}
+    assert record.raw["backbone"]["content_hash"] == tiny_backbone.content_hash
+    assert record.raw["steps_done"] == 60 and record.raw["seed"] == 0 and record.raw["schema_version"] >= 1
+    assert record.raw["config"]["train"]["steps"] == 60 and record.raw["prompts"]["part"] == "sks"
+    assert record.raw["data"]["format"] == "mvtec" and record.raw["data"]["image_size"] == [SIZE, SIZE]
     log = [json.loads(line) for line in (result.folder / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(1, 61))
     assert set(log[0]) == {"step", "loss", "lr", "elapsed_s"}

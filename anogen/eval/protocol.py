@@ -18,7 +18,6 @@ test set is every ``test/good`` image and every held-out real defect image (``sp
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from anogen.eval import baselines as classical
 from anogen.eval.metrics import DEFAULT_FPR_LIMIT, average_precision, detection_metrics, roc_auc
 from anogen.io import load_mask, load_rgb, safe_name, sha256_file
 from anogen.progress import ProgressCallback, report
+from anogen.records import RunRecord
 from anogen.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class SynthDefect:
     samples: tuple[tuple[Path, Path], ...]  # (image, mask) of each accepted sample, in id order
     split_train: tuple[str, ...]
     split_held_out: tuple[str, ...]
-    run: dict[str, Any] = field(repr=False, default_factory=dict)
+    run: RunRecord | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -157,40 +157,32 @@ def read_synth(path: str | Path, category: str | None = None, max_samples: int |
     Raises:
         InputError: no synth output, several categories and no ``category``, no split recorded, no sample.
     """
-    from anogen.manifest import ADAPTER_JSON, find_synth_dirs, load_synth, read_run_json
+    from anogen.records import find_synth_dirs, read_synth_folder
 
     folders = find_synth_dirs(path)
     defects: list[SynthDefect] = []
     for folder in folders:
-        run = read_run_json(folder) or {}
-        cat = safe_name(str(run.get("category") or folder.parent.name))
-        defect = safe_name(str(run.get("defect") or folder.name))
-        split = run.get("split")
-        adapter_path = (run.get("adapter") or {}).get("path")
-        if split is None and adapter_path:
-            # Older synth outputs only point at the adapter; its adapter.json holds the split fit used.
-            adapter_json = Path(adapter_path) / ADAPTER_JSON
-            if adapter_json.is_file():
-                split = json.loads(adapter_json.read_text(encoding="utf-8")).get("split")
-        if not isinstance(split, dict) or not isinstance(split.get("train"), list):
+        synth = read_synth_folder(folder)
+        cat = safe_name(synth.category)
+        defect = safe_name(synth.defect)
+        split = synth.split
+        if split is None or split.train is None:
             raise InputError(
                 f"{folder / 'run.json'}: no few-shot split recorded, so eval cannot tell training images from "
                 "test images",
                 hint="regenerate with a current `anogen synth` (run.json carries the adapter's split)",
             )
-        rows = load_synth(folder)
-        if max_samples is not None:
-            rows = rows[:max_samples]
-        samples = tuple((folder / r["image"], folder / r["mask"]) for r in rows)
+        chosen = synth.samples if max_samples is None else synth.samples[:max_samples]
+        samples = tuple((s.image, s.mask) for s in chosen)
         defects.append(
             SynthDefect(
                 folder=folder,
                 category=cat,
                 defect=defect,
                 samples=samples,
-                split_train=tuple(str(s) for s in split["train"]),
-                split_held_out=tuple(str(s) for s in split.get("held_out", [])),
-                run=run,
+                split_train=split.train,
+                split_held_out=split.held_out or (),
+                run=synth.run,
             )
         )
     categories = sorted({d.category for d in defects})

@@ -151,7 +151,7 @@ def measure_quality(
         seed: seed of every subsample and shuffle.
         near_copy_rmse: near-copy threshold.
     """
-    from anogen.manifest import read_all_rows
+    from anogen.records.manifest import read_all_rows
 
     result: dict[str, dict[str, Any]] = {}
     for sd in synth:

@@ -2,7 +2,7 @@
 
 No torch: exports and reports run wherever the images are.
 
-Layers, lowest first (each module imports only those below it): ``config`` and ``sources`` (synth folders);
+Layers, lowest first (each module imports only those below it): ``config``;
 ``items`` (the real category paired with its synth sets); ``planning`` and ``pixels``; the format planners
 ``mvtec``, ``coco``, ``folder``, ``visa``; ``notice``, ``probe``, ``placing``, ``writer``; ``run`` (the
 :data:`~anogen.export.run.PLANNERS` table and :func:`export`). ``report`` and ``report_verify`` read synth folders
@@ -13,7 +13,6 @@ from anogen.export.config import FORMATS, LINK_MODES, ExportConfig, ExportFormat
 from anogen.export.items import AnomalyItem, CategoryItems, NormalItem, Provenance, collect_items, load_real_category
 from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile
 from anogen.export.run import PLANNERS, export
-from anogen.export.sources import SynthSample, SynthSet, find_synth_folders, read_synth_set
 from anogen.export.writer import ExportResult
 
 __all__ = [
@@ -31,12 +30,8 @@ __all__ = [
     "NormalItem",
     "PlannedFile",
     "Provenance",
-    "SynthSample",
-    "SynthSet",
     "collect_items",
     "export",
-    "find_synth_folders",
     "load_real_category",
     "parse_size",
-    "read_synth_set",
 ]

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from anogen.data.model import Category
 from anogen.errors import DataError, InputError
 from anogen.export.config import ExportConfig
-from anogen.export.sources import SynthSet, held_out_stems
 from anogen.io import natural_key, safe_name
+from anogen.records import SynthFolder
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +104,11 @@ class CategoryItems:
     test_normals: list[NormalItem] = field(default_factory=list)
     anomalies: dict[str, list[AnomalyItem]] = field(default_factory=dict)  # sanitised defect -> items
     defect_names: dict[str, str] = field(default_factory=dict)  # sanitised -> original
-    synth_sets: list[SynthSet] = field(default_factory=list)
+    synth_sets: list[SynthFolder] = field(default_factory=list)
 
 
-def _group_sets(sets: Iterable[SynthSet], only: str | None) -> dict[str, list[SynthSet]]:
-    grouped: dict[str, list[SynthSet]] = {}
+def _group_sets(sets: Iterable[SynthFolder], only: str | None) -> dict[str, list[SynthFolder]]:
+    grouped: dict[str, list[SynthFolder]] = {}
     for s in sets:
         if only is not None and s.category != only and safe_name(s.category) != safe_name(only):
             continue
@@ -116,7 +116,7 @@ def _group_sets(sets: Iterable[SynthSet], only: str | None) -> dict[str, list[Sy
     return grouped
 
 
-def collect_items(sets: Sequence[SynthSet], config: ExportConfig) -> list[CategoryItems]:
+def collect_items(sets: Sequence[SynthFolder], config: ExportConfig) -> list[CategoryItems]:
     """Pair the synth sets with their real category and list every normal and anomalous item to export.
 
     Raises:
@@ -135,7 +135,7 @@ def collect_items(sets: Sequence[SynthSet], config: ExportConfig) -> list[Catego
         if name in used_names:
             raise InputError(f"categories {used_names[name]!r} and {source_name!r} both become folder {name!r}")
         used_names[name] = source_name
-        data_info = cat_sets[0].data_info
+        data_info = cat_sets[0].run.data
         real = None
         if config.data is not None:
             if len(grouped) > 1 and not _holds_category(Path(config.data), source_name):
@@ -215,12 +215,12 @@ def _normal(info: Any, category: str) -> NormalItem:
     return NormalItem(path, Provenance(kind="real", path=path, category=category, stem=path.stem))
 
 
-def _real_held_out(real: Any, synth: SynthSet) -> list[AnomalyItem]:
+def _real_held_out(real: Any, synth: SynthFolder) -> list[AnomalyItem]:
     defect = real.defects.get(synth.defect) or real.defects.get(safe_name(synth.defect))
     if defect is None:
         logger.warning("real data has no defect type %r; no real test images added", synth.defect)
         return []
-    stems = held_out_stems(synth)
+    stems = synth.held_out_stems
     if stems is None:
         raise InputError(
             f"{synth.folder / 'run.json'}: no few-shot split recorded, so the training shots of "

@@ -25,9 +25,9 @@ from PIL import Image, ImageDraw
 from anogen import __version__
 from anogen.errors import InputError
 from anogen.export.report_verify import verify_block
-from anogen.export.sources import SynthSet, find_synth_folders, read_synth_set
 from anogen.io import to_rgb, write_bytes_atomic, write_text_atomic
 from anogen.progress import ProgressCallback, report
+from anogen.records import SynthFolder, find_synth_folders, read_synth_folder
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ReportResult:
         return {"html": str(self.html), "png": str(self.png), "defects": [d.to_dict() for d in self.defects]}
 
 
-def summarise(synth: SynthSet) -> DefectSummary:
+def summarise(synth: SynthFolder) -> DefectSummary:
     """Counts of one synth folder: attempts, accepted, rejected by reason, and the selected (first ``count``)."""
     accepted = sum(1 for r in synth.rows if r.get("accepted"))
     reasons = Counter(str(r.get("reason") or "unknown") for r in synth.rows if not r.get("accepted"))
@@ -126,7 +126,7 @@ def _data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _triplet(row: dict[str, Any], synth: SynthSet) -> tuple[Image.Image, Image.Image, Image.Image]:
+def _triplet(row: dict[str, Any], synth: SynthFolder) -> tuple[Image.Image, Image.Image, Image.Image]:
     image = _load(synth.folder / row["image"])
     part = _load(synth.folder / row["part"])
     mask = _load_mask(synth.folder / row["mask"], image.size)
@@ -184,7 +184,7 @@ code{font-size:12px}
 """
 
 
-def _figure(row: dict[str, Any], synth: SynthSet, shown_ids: list[int],
+def _figure(row: dict[str, Any], synth: SynthFolder, shown_ids: list[int],
             extra: Sequence[tuple[str, Image.Image]] = ()) -> str:
     image, part, over = _triplet(row, synth)
     status = "accepted" if row.get("accepted") else f"rejected: {row.get('reason') or 'unknown'}"
@@ -200,8 +200,8 @@ def _figure(row: dict[str, Any], synth: SynthSet, shown_ids: list[int],
     return f'<figure class="{css}" data-id="{row["id"]}">{imgs}<figcaption>{caption}</figcaption></figure>'
 
 
-def _section(synth: SynthSet, summary: DefectSummary, max_per_defect: int) -> str:
-    run = synth.run
+def _section(synth: SynthFolder, summary: DefectSummary, max_per_defect: int) -> str:
+    run = synth.run.raw  # the report shows run.json's values as it holds them, whatever their type
     adapter = run.get("adapter") if isinstance(run.get("adapter"), dict) else {}
     backbone = run.get("backbone")
     backbone_text = (
@@ -263,7 +263,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def contact_sheet(sets: Sequence[SynthSet], max_per_defect: int) -> Image.Image:
+def contact_sheet(sets: Sequence[SynthFolder], max_per_defect: int) -> Image.Image:
     """A PNG of every defect type: a title line, then rows of (image, part, overlay) triplets."""
     cell_w = 3 * SHEET_THUMB + 2 * 2
     gap = 8
@@ -326,7 +326,7 @@ def write_report(
     if html_path.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"{html_path}: the report file must end in .html")
     png_path = html_path.with_suffix(".png")
-    sets = [read_synth_set(folder) for folder in folders]
+    sets = [read_synth_folder(folder) for folder in folders]
     sections: list[str] = []
     summaries: list[DefectSummary] = []
     for index, s in enumerate(sets):

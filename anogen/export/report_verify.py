@@ -19,7 +19,7 @@ from PIL import Image
 from anogen.errors import AnogenError
 
 if TYPE_CHECKING:
-    from anogen.export.sources import SynthSet
+    from anogen.records import SynthFolder
 
 # score -> (threshold field of run.json verify, True when higher is better)
 SCORES: dict[str, tuple[str, bool]] = {
@@ -71,18 +71,18 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not math.isnan(float(value)) else None
 
 
-def verify_block(synth: SynthSet, figure: Any, *, maps: bool = True) -> str:
+def verify_block(synth: SynthFolder, figure: Any, *, maps: bool = True) -> str:
     """The HTML block of one synth folder ("" when no row holds scores).
 
     Args:
-        synth (`SynthSet`): the folder.
+        synth (`SynthFolder`): the folder.
         figure: ``figure(row, extra_images) -> str``, the report's own thumbnail figure.
         maps (`bool`, defaults to True): compute the anomaly maps of the two samples shown (loads the VAE).
     """
     rows = [r for r in synth.rows if isinstance(r.get("verify"), dict)]
     if not rows:
         return ""
-    config = synth.run.get("verify") if isinstance(synth.run.get("verify"), dict) else {}
+    config = synth.run.verify or {}
     charts = []
     for name, (field, _) in SCORES.items():
         acc = [v for r in rows if r.get("accepted") and (v := _number(r["verify"].get(name))) is not None]

@@ -19,10 +19,10 @@ from anogen.export.folder import plan_folder
 from anogen.export.items import CategoryItems, collect_items
 from anogen.export.mvtec import plan_mvtec
 from anogen.export.planning import ExportPlan
-from anogen.export.sources import find_synth_folders, read_synth_set
 from anogen.export.visa import plan_visa
 from anogen.export.writer import ExportResult, check_destination, run_plan
 from anogen.progress import ProgressCallback
+from anogen.records import find_synth_folders, read_synth_folder
 
 Planner = Callable[[Sequence[CategoryItems], ExportConfig], ExportPlan]
 
@@ -49,7 +49,7 @@ def export(
         :class:`ExportResult`, or the :class:`ExportPlan` when ``dry_run``.
     """
     config.validate()
-    sets = [read_synth_set(folder) for folder in find_synth_folders(synth)]
+    sets = [read_synth_folder(folder) for folder in find_synth_folders(synth)]
     categories = collect_items(sets, config)
     plan = PLANNERS[config.format](categories, config)
     used = [s for s in sets if any(s.category == c.source_name for c in categories)]

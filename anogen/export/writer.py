@@ -39,7 +39,6 @@ from anogen.export.notice import NOTICE_FILE, dataset_licence, notice_text
 from anogen.export.placing import JOURNAL, Converter, Journal, Sources, Written, worker_count, write_planned
 from anogen.export.planning import RENDER_VERSION, ExportPlan, GeneratedFile, PlannedFile
 from anogen.export.probe import SourceCache, cache_file, linkable
-from anogen.export.sources import SynthSet
 from anogen.io import (
     SCHEMA_VERSION,
     fsync_dir,
@@ -49,6 +48,7 @@ from anogen.io import (
     write_json_atomic,
 )
 from anogen.progress import ProgressCallback, report
+from anogen.records import SynthFolder
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _export_digest(plan: ExportPlan, config: ExportConfig, out: Path, fingerprin
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def check_destination(config: ExportConfig, inputs: Sequence[SynthSet], fmt: str) -> tuple[Path, str]:
+def check_destination(config: ExportConfig, inputs: Sequence[SynthFolder], fmt: str) -> tuple[Path, str]:
     """Whether an export of format ``fmt`` may go into ``config.out``; returns the resolved folder and its state.
 
     Raises:
@@ -219,7 +219,7 @@ def run_plan(
     plan: ExportPlan,
     config: ExportConfig,
     *,
-    inputs: Sequence[SynthSet],
+    inputs: Sequence[SynthFolder],
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Write ``plan`` into ``config.out``: idempotent, atomic per file, resumable after an interruption.
@@ -399,10 +399,8 @@ def run_plan(
                 "synth_dir": str(s.folder),
                 "category": s.category,
                 "defect": s.defect,
-                "adapter_sha256": (s.run.get("adapter") or {}).get("sha256")
-                if isinstance(s.run.get("adapter"), dict)
-                else None,
-                "seed": s.run.get("seed"),
+                "adapter_sha256": s.run.adapter.sha256,
+                "seed": s.run.seed,
                 "accepted_exported": len(s.samples),
             }
             for s in inputs
@@ -450,7 +448,7 @@ def _remember(cache: SourceCache, sources: Sources, quick: str, digest: str, out
         cache.save()
 
 
-def _refuse_overlap(out: Path, config: ExportConfig, inputs: Sequence[SynthSet]) -> None:
+def _refuse_overlap(out: Path, config: ExportConfig, inputs: Sequence[SynthFolder]) -> None:
     """Never export into (or around) the data being read: cleaning the export's folders would delete it."""
     sources = [Path(config.data).resolve()] if config.data is not None else []
     sources += [s.folder for s in inputs]

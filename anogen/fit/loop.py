@@ -17,7 +17,6 @@ import torch
 from anogen import __version__
 from anogen.config import ResolvedConfig
 from anogen.data.model import Category
-from anogen.data.split import Split
 from anogen.errors import DataError
 from anogen.fit.checkpoints import load_checkpoint, save_checkpoint
 from anogen.fit.data import build_latent_cache, load_training_images
@@ -28,6 +27,7 @@ from anogen.fit.step import _slice_batch, draw_batch, pair_loss
 from anogen.fit.validation import write_validation
 from anogen.io import write_text_atomic
 from anogen.progress import ProgressCallback, report
+from anogen.records.adapter import BackboneRef, fit_fields
 from anogen.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -75,39 +75,6 @@ def _load_backbone(config: ResolvedConfig) -> Backbone:
         revision=config.backbone.revision,
         seed=config.backbone.seed,
     )
-
-
-def _adapter_record(
-    category: Category,
-    defect: str,
-    config: ResolvedConfig,
-    backbone: Backbone,
-    split: Split,
-    prior: Path | None,
-    steps_done: int,
-) -> dict[str, Any]:
-    return {
-        "anogen_version": __version__,
-        "category": category.name,
-        "defect": defect,
-        "backbone": {"source": backbone.source, "content_hash": backbone.content_hash},
-        "preset": config.preset,
-        "config": config.to_dict(),
-        "prompts": {"whole": config.adapter.prompt_whole, "part": config.adapter.prompt_part},
-        "split": split.to_dict(),
-        "seed": config.train.seed,
-        "data": {
-            "root": str(category.root),
-            "format": category.dataset_format,
-            "category": category.name,
-            "image_size": list(category.image_size) if category.image_size else None,
-            "grayscale": category.is_grayscale,
-            "kind": category.kind.value if category.kind is not None else None,
-        },
-        "prior": str(prior) if prior is not None else None,
-        "versions": _versions(),
-        "steps_done": steps_done,
-    }
 
 
 def fit(
@@ -324,7 +291,9 @@ def _fit_one(
                 scaler_state = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
                 save_checkpoint(item.folder, train.steps, adapter, optimizer, key, train.checkpoints_keep, scaler_state,
                                 target_steps=train.steps)
-            record = _adapter_record(category, item.defect, config, backbone, item.split, plan.prior, train.steps)
+            made_on = BackboneRef(backbone.source, backbone.content_hash)
+            record = fit_fields(category, item.defect, config, made_on, item.split, plan.prior, train.steps,
+                                anogen_version=__version__, versions=_versions())
             save_adapter(adapter, item.folder, record, dtype=train.save_dtype)
     finally:
         backbone.unet.eval()

@@ -1,7 +1,8 @@
 """Adapter files: ``adapter.safetensors`` (every trainable weight) + ``adapter.json`` (what made it).
 
-Weights are written and read with safetensors only; nothing here ever unpickles a file. ``adapter.json`` names
-the backbone (source and content hash) so that an adapter is refused, in one line, by any other backbone.
+Weights are written and read with safetensors only; nothing here ever unpickles a file. ``adapter.json`` (read
+and written through :mod:`anogen.records.adapter`, which holds its fields) names the backbone (source and content
+hash) so that an adapter is refused, in one line, by any other backbone.
 
 Schema versions of ``adapter.json``: 1 = per-branch LoRA + SAIM (+ text-encoder LoRA); 2 = may also carry BCM
 weights (``unet.<layer>.bcm.*``). Both load; a newer version is refused with a hint to upgrade.
@@ -10,14 +11,15 @@ weights (``unet.<layer>.bcm.*``). Both load; a newer version is refused with a h
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anogen.config import AdapterConfig
 from anogen.errors import CompatibilityError, InputError
-from anogen.io import atomic_open, canonical_safetensors, sha256_file, write_json_atomic
+from anogen.io import atomic_open, canonical_safetensors, sha256_file
+from anogen.records.adapter import ADAPTER_JSON, AdapterRecord, read_adapter_record, write_adapter_record
 
 if TYPE_CHECKING:
     from anogen.model.backbone import Backbone
@@ -28,7 +30,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 WEIGHTS_FILE = "adapter.safetensors"
-RECORD_FILE = "adapter.json"
 FORMAT_NAME = "anogen-dual-adapter"
 
 
@@ -41,17 +42,23 @@ def _anogen_version() -> str:
 SAVE_DTYPES = ("fp32", "fp16")
 
 
-def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any], *, dtype: str = "fp32") -> None:
+def save_adapter(
+    adapter: DualAdapter, folder: str | Path, record: Mapping[str, Any], *, dtype: str = "fp32"
+) -> AdapterRecord:
     """Write ``folder/adapter.safetensors`` and ``folder/adapter.json``, each atomically (weights first).
 
     Args:
         adapter (`DualAdapter`): the weights to save (their stable keys: ``DualAdapter.adapter_state_dict``).
         folder (`Path`): the defect's run folder (created if needed).
-        record (`dict`): the fields of ``adapter.json`` the caller knows (category, defect, config, split,
-            prompts, ...). ``schema_version``, ``anogen_version`` and ``adapter_config`` are filled in here;
+        record (`Mapping`): the fields of ``adapter.json`` the caller knows (``fit`` builds them with
+            :func:`anogen.records.adapter.fit_fields`: category, defect, config, split, prompts, ...).
+            ``schema_version``, ``anogen_version`` and ``adapter_config`` are filled in here;
             ``backbone`` ({``source``, ``content_hash``}) is taken from the record, else from the adapter.
         dtype (`str`, defaults to `"fp32"`): ``fp16`` stores every weight in half precision (half the file;
             loading casts back to fp32; docs/fit.md states what it changes in sampling).
+
+    Returns:
+        `AdapterRecord`: what ``adapter.json`` now holds.
     """
     import torch
     from safetensors.torch import save
@@ -90,21 +97,9 @@ def save_adapter(adapter: DualAdapter, folder: str | Path, record: dict[str, Any
     }
     with atomic_open(folder / WEIGHTS_FILE, "wb") as handle:
         handle.write(canonical_safetensors(save(tensors, metadata=metadata)))
-    write_json_atomic(folder / RECORD_FILE, full)
-
-
-def read_adapter_record(folder: str | Path) -> dict[str, Any]:
-    """``folder/adapter.json`` as a dict (no torch import); InputError if it is missing or unreadable."""
-    path = Path(folder) / RECORD_FILE
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: not an adapter folder", hint="run `anogen fit` to make one")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not readable JSON ({exc})") from exc
-    if not isinstance(record, dict):
-        raise InputError(f"{path} does not hold a JSON object")
-    return record
+    written = AdapterRecord.from_dict(full, folder)
+    write_adapter_record(folder, written)
+    return written
 
 
 def adapter_sha256(folder: str | Path) -> str:
@@ -115,11 +110,11 @@ def adapter_sha256(folder: str | Path) -> str:
     return sha256_file(path)
 
 
-def adapter_config_from_record(record: dict[str, Any]) -> AdapterConfig:
+def adapter_config_from_record(record: AdapterRecord) -> AdapterConfig:
     """The :class:`AdapterConfig` an adapter was built with (``adapter_config``, else ``config.adapter``)."""
-    values = record.get("adapter_config")
+    values = record.raw.get("adapter_config")
     if values is None:
-        values = (record.get("config") or {}).get("adapter")
+        values = record.config.get("adapter")
     if not isinstance(values, dict):
         raise CompatibilityError("adapter.json records no adapter config (adapter_config or config.adapter)")
     known = {f.name for f in dataclasses.fields(AdapterConfig)}
@@ -129,7 +124,9 @@ def adapter_config_from_record(record: dict[str, Any]) -> AdapterConfig:
     return AdapterConfig(**values)
 
 
-def load_adapter(folder: str | Path, backbone: Backbone, *, device: Any = None) -> tuple[DualAdapter, dict[str, Any]]:
+def load_adapter(
+    folder: str | Path, backbone: Backbone, *, device: Any = None
+) -> tuple[DualAdapter, AdapterRecord]:
     """Load an adapter folder for ``backbone``.
 
     Args:
@@ -138,7 +135,7 @@ def load_adapter(folder: str | Path, backbone: Backbone, *, device: Any = None) 
         device (*optional*): where to put the weights; defaults to the backbone UNet's device.
 
     Returns:
-        `(DualAdapter, dict)`: the adapter (not installed) and its ``adapter.json`` record.
+        `(DualAdapter, AdapterRecord)`: the adapter (not installed) and its ``adapter.json`` record.
 
     Raises:
         CompatibilityError: another backbone, an unknown schema version, or weights that do not fit.
@@ -150,29 +147,29 @@ def load_adapter(folder: str | Path, backbone: Backbone, *, device: Any = None) 
 
     folder = Path(folder)
     record = read_adapter_record(folder)
-    version = record.get("schema_version")
+    version = record.schema_version
     if version not in READABLE_SCHEMA_VERSIONS:
         raise CompatibilityError(
-            f"{folder / RECORD_FILE}: adapter schema_version {version!r} is not one this anogen reads "
+            f"{folder / ADAPTER_JSON}: adapter schema_version {version!r} is not one this anogen reads "
             f"({', '.join(map(str, READABLE_SCHEMA_VERSIONS))})",
             hint="upgrade anogen to load adapters made by a newer version",
         )
-    made_for = record.get("backbone") or {}
-    if made_for.get("content_hash") != backbone.content_hash:
+    made_for = record.backbone
+    if made_for.content_hash != backbone.content_hash:
         raise CompatibilityError(
-            f"{folder / RECORD_FILE}: adapter made for backbone {made_for.get('source')!r} "
-            f"({str(made_for.get('content_hash'))[:12]}), not for {backbone.source!r} ({backbone.content_hash[:12]})",
-            hint=f"load it with --backbone {made_for.get('source')}",
+            f"{folder / ADAPTER_JSON}: adapter made for backbone {made_for.source!r} "
+            f"({str(made_for.content_hash)[:12]}), not for {backbone.source!r} ({backbone.content_hash[:12]})",
+            hint=f"load it with --backbone {made_for.source}",
         )
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"{weights} does not exist (adapter.json without weights)")
     with safe_open(str(weights), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    if metadata.get("backbone_content_hash", made_for.get("content_hash")) != made_for.get("content_hash"):
+    if metadata.get("backbone_content_hash", made_for.content_hash) != made_for.content_hash:
         raise CompatibilityError(f"{weights}: its backbone hash differs from adapter.json's (mixed-up files?)")
     config = adapter_config_from_record(record)
-    adapter = DualAdapter.from_backbone(backbone, config, seed=int(record.get("seed", 0) or 0))
+    adapter = DualAdapter.from_backbone(backbone, config, seed=int(record.seed or 0))
     try:
         adapter.load_adapter_state_dict(load_file(str(weights), device="cpu"))
     except CompatibilityError as exc:

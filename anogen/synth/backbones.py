@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from anogen.errors import CompatibilityError
 
@@ -12,11 +12,12 @@ if TYPE_CHECKING:
     import torch
 
     from anogen.model.backbone import Backbone
+    from anogen.records import AdapterRecord, RunRecord
     from anogen.synth.jobs import Job
 
 
 def load_backbone_for(
-    record: Mapping[str, Any], cache: dict[tuple[str, str], Backbone], device: torch.device | str
+    record: AdapterRecord | RunRecord, cache: dict[tuple[str, str], Backbone], device: torch.device | str
 ) -> Backbone:
     """The backbone an ``adapter.json`` (or a synth folder's ``run.json``) names, loaded on ``device``.
 
@@ -25,13 +26,13 @@ def load_backbone_for(
     """
     from anogen.model.backbone import load_backbone
 
-    made_for = record.get("backbone") or {}
-    source = str(made_for.get("source") or "")
-    key = (source, str(made_for.get("content_hash")))
+    made_for = record.backbone
+    source = str(made_for.source or "")
+    key = (source, str(made_for.content_hash))
     if key not in cache:
         for other in cache.values():
             other.to("cpu")
-        bb_cfg = (record.get("config") or {}).get("backbone") or {}
+        bb_cfg = record.config.get("backbone") or {}
         cache.clear()
         cache[key] = load_backbone(
             source,
@@ -50,11 +51,11 @@ def check_backbones(jobs: Sequence[Job]) -> None:
     from anogen.model.spec import describe_backbone
 
     for job in jobs:
-        made_for = job.record.get("backbone") or {}
-        if not made_for.get("source") or not made_for.get("content_hash"):
+        made_for = job.record.backbone
+        if not made_for.source or not made_for.content_hash:
             raise CompatibilityError(
                 f"{job.adapter_dir / 'adapter.json'}: records no backbone (source and content_hash)",
                 hint="refit it with this version of anogen",
             )
-        bb_cfg = (job.record.get("config") or {}).get("backbone") or {}
-        describe_backbone(str(made_for["source"]), cache_dir=bb_cfg.get("cache_dir"), revision=bb_cfg.get("revision"))
+        bb_cfg = job.record.config.get("backbone") or {}
+        describe_backbone(str(made_for.source), cache_dir=bb_cfg.get("cache_dir"), revision=bb_cfg.get("revision"))

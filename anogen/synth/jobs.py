@@ -12,7 +12,7 @@ from typing import Any
 from anogen.config import MaskConfig, SampleConfig, resolve
 from anogen.errors import CompatibilityError, InputError
 from anogen.io import safe_name
-from anogen.manifest import find_adapter_dirs, read_run_json
+from anogen.records import AdapterLink, AdapterRecord, find_adapter_dirs, read_adapter_record, read_run_record
 from anogen.verify.config import VerifyConfig
 from anogen.verify.synth import resume_verify, verify_config_for
 
@@ -32,7 +32,7 @@ class Job:
     """One (category, defect) to synthesise: its adapter, output folder and effective configs."""
 
     adapter_dir: Path
-    record: dict[str, Any]
+    record: AdapterRecord
     out_dir: Path
     category: str
     defect: str
@@ -50,7 +50,7 @@ class Job:
 
 
 def configs_for(
-    record: Mapping[str, Any],
+    record: AdapterRecord,
     sample: SampleConfig | None,
     mask: MaskConfig | None,
     overrides: Mapping[str, Mapping[str, Any]] | None,
@@ -58,15 +58,15 @@ def configs_for(
 ) -> tuple[SampleConfig, MaskConfig]:
     """Effective configs: the given ones, else the adapter's recorded ones (its fit preset, or that preset under
     ``recipe``); overrides win."""
-    recorded = record.get("config") or {}
+    recorded = record.config
     base: dict[str, Any] = {}
     if sample is not None:
         base["sample"] = dataclasses.asdict(sample)
     elif recipe is not None:
-        preset = record.get("preset") or recorded.get("preset")
+        preset = record.preset or recorded.get("preset")
         if not preset:
             raise InputError(
-                f"--recipe {recipe}: adapter {record.get('category')}/{record.get('defect')} records no fit preset",
+                f"--recipe {recipe}: adapter {record.category}/{record.defect} records no fit preset",
                 hint="pass --preset with the preset it was fitted with",
             )
         base["sample"] = dataclasses.asdict(resolve(str(preset), recipe=recipe).sample)
@@ -93,16 +93,16 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
             f"{job.out_dir}: an `anogen mask` run was interrupted here",
             hint=f"rerun `anogen mask {job.out_dir}` to finish it, then synth",
         )
-    run = read_run_json(job.out_dir)
+    run = read_run_record(job.out_dir)
     job.keep_count = job.sample.count
     if run is None:
         return
-    if isinstance(run.get("count"), int):
-        job.keep_count = max(job.sample.count, run["count"], int(run.get("kept_count") or 0))
-    old_sha = (run.get("adapter") or {}).get("sha256")
+    if run.count is not None:
+        job.keep_count = max(job.sample.count, run.count, int(run.kept_count or 0))
+    old_sha = run.adapter.sha256
     if old_sha and old_sha != job.adapter_sha256:
-        raise _stale_output_error(job, run.get("adapter") or {})
-    old_sample = run.get("sample") or {}
+        raise _stale_output_error(job, run.adapter)
+    old_sample = run.sample
     changed = [f for f in GENERATION_FIELDS if f in old_sample and old_sample[f] != getattr(job.sample, f)]
     if changed:
         detail = ", ".join(f"{f} {old_sample[f]!r} -> {getattr(job.sample, f)!r}" for f in changed)
@@ -110,8 +110,8 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
             f"{job.out_dir}: existing samples were made with other settings ({detail})",
             hint="use the same settings to resume or top up, or write to a new --out folder",
         )
-    old_mask = run.get("mask")
-    if isinstance(old_mask, dict) and old_mask != dataclasses.asdict(job.mask):
+    old_mask = run.mask
+    if old_mask is not None and old_mask != dataclasses.asdict(job.mask):
         if mask_explicit:
             raise CompatibilityError(
                 f"{job.out_dir}: existing masks were made with other mask settings",
@@ -121,19 +121,19 @@ def _check_resume(job: Job, mask_explicit: bool) -> None:
         job.mask = resolve(overrides={"mask": old_mask}).mask
 
 
-def _stale_output_error(job: Job, made_with: Mapping[str, Any]) -> CompatibilityError:
+def _stale_output_error(job: Job, made_with: AdapterLink) -> CompatibilityError:
     """An output made with an adapter that is not this one: usually the same folder, retrained since (``fit
     --resume --steps``); say so, and how to go on, rather than a bare hash mismatch."""
-    old_sha = str(made_with.get("sha256"))
+    old_sha = str(made_with.sha256)
     way = f"write this adapter's samples to a new --out, or regenerate: delete {job.out_dir} and rerun"
-    old_path = made_with.get("path")
+    old_path = made_with.path
     same_folder = old_path is not None and Path(old_path).resolve() == job.adapter_dir.resolve()
     if not same_folder:
         return CompatibilityError(
             f"{job.out_dir}: made with another adapter ({old_path or old_sha[:12]}), not {job.adapter_dir}",
             hint=way,
         )
-    old_steps, new_steps = made_with.get("steps_done"), job.record.get("steps_done")
+    old_steps, new_steps = made_with.steps_done, job.record.steps_done
     steps = f" ({old_steps} steps; it now has {new_steps})" if old_steps is not None and new_steps is not None else ""
     return CompatibilityError(
         f"{job.out_dir} is stale: made from an earlier version of {job.adapter_dir}{steps}, retrained since",
@@ -168,7 +168,7 @@ def prepare_jobs(
     verify: VerifyConfig | None = None,
 ) -> list[Job]:
     """Find the adapters below ``runs``, build each one's configs and check resuming is safe (no model load)."""
-    from anogen.model.adapter import adapter_sha256, read_adapter_record
+    from anogen.model.adapter import adapter_sha256
 
     jobs = []
     mask_explicit = mask is not None or any(v is not None for v in (overrides or {}).get("mask", {}).values())
@@ -176,8 +176,8 @@ def prepare_jobs(
     seen: dict[Path, Path] = {}
     for folder in find_adapter_dirs(runs):
         record = read_adapter_record(folder)
-        category = str(record.get("category") or folder.parent.name)
-        defect = str(record.get("defect") or folder.name)
+        category = str(record.category or folder.parent.name)
+        defect = str(record.defect or folder.name)
         sample_cfg, mask_cfg = configs_for(record, sample, mask, overrides, recipe)
         _check_sample_numbers(sample_cfg)
         out_dir = Path(out) / safe_name(category) / safe_name(defect)
@@ -187,6 +187,6 @@ def prepare_jobs(
         job = Job(folder, record, out_dir, category, defect, sample_cfg, mask_cfg, adapter_sha256(folder))
         job.verify = verify_config_for(record, verify, overrides)
         _check_resume(job, mask_explicit)
-        resume_verify(job, read_run_json(job.out_dir), verify_explicit)
+        resume_verify(job, read_run_record(job.out_dir), verify_explicit)
         jobs.append(job)
     return jobs

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from anogen.manifest import read_all_rows, read_run_json, result_rows
+from anogen.records import AdapterRecord, read_run_record
+from anogen.records.manifest import read_all_rows, result_rows
 from anogen.synth.jobs import Job
 
 
@@ -15,20 +16,20 @@ def _bytes_per_attempt(resolution: int) -> int:
     return int(resolution * resolution * 2.1) + 200
 
 
-def _resolution_of(record: Mapping[str, Any]) -> int:
+def _resolution_of(record: AdapterRecord) -> int:
     """The output resolution without loading the model: the backbone's native size (``describe_backbone``), else
     the recorded training resolution."""
     from anogen.errors import BackboneError
     from anogen.model.spec import describe_backbone
 
-    source = str((record.get("backbone") or {}).get("source") or "")
+    source = str(record.backbone.source or "")
     try:
         native = describe_backbone(source).native_resolution if source else None
     except BackboneError:
         native = None
     if native is not None:
         return native
-    train = ((record.get("config") or {}).get("train") or {}).get("resolution")
+    train = (record.config.get("train") or {}).get("resolution")
     return int(train or 512)
 
 
@@ -50,8 +51,8 @@ def plan(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         missing = max(job.sample.count - accepted, 0)
         to_generate = min(math.ceil(missing / max(rate, 0.05)), max(job.max_attempts - done_attempts, 0))
         resolution = _resolution_of(job.record)
-        run = read_run_json(job.out_dir) or {}
-        measured = (run.get("last_run") or {}).get("samples_per_s")
+        run = read_run_record(job.out_dir)
+        measured = run.last_run.get("samples_per_s") if run is not None else None
         if measured:
             seconds = to_generate / float(measured)
             basis = "measured"
@@ -77,7 +78,7 @@ def plan(jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 "sampler": job.sample.sampler,
                 "steps": job.sample.steps,
                 "guidance": job.sample.guidance,
-                "bcm": bool((job.record.get("adapter_config") or {}).get("bcm")),
+                "bcm": bool(job.record.adapter_config.get("bcm")),
             }
         )
     return entries

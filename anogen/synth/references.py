@@ -4,16 +4,15 @@ masks ``on_object_only`` checks, cycled by attempt id. No torch."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from anogen.config import SampleConfig
 from anogen.errors import InputError
 from anogen.io import load_mask, load_rgb
+from anogen.records import AdapterRecord, RunRecord
 from anogen.synth.bcm import pool_size, reference_index
 
 logger = logging.getLogger(__name__)
@@ -53,15 +52,15 @@ class References:
         )
 
 
-def load_references(record: Mapping[str, Any], *, need_backgrounds: bool, need_objects: bool) -> References:
+def load_references(record: AdapterRecord | RunRecord, *, need_backgrounds: bool, need_objects: bool) -> References:
     """The category's normal training images from the adapter's prior (adapter.json ``prior``), in the order
     :func:`anogen.priors.background_paths` gives (synth cycles them by attempt id): their backgrounds I_b for BCM
     and their object masks for ``on_object_only``.
 
     A texture category has neither: BCM is then an error, the object check is skipped (with a warning).
     """
-    category = str(record.get("category", ""))
-    prior = record.get("prior")
+    category = str(record.category or "")
+    prior = record.prior
     if not (need_backgrounds or need_objects):
         return References([], [], [], None)
     what = "BCM backgrounds" if need_backgrounds else "object masks (--on-object-only)"

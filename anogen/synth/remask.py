@@ -14,18 +14,10 @@ from PIL import Image
 from anogen.config import MaskConfig, resolve
 from anogen.errors import InputError
 from anogen.io import load_mask, load_rgb, save_png_atomic, write_json_atomic
-from anogen.manifest import (
-    MANIFEST,
-    find_synth_dirs,
-    read_rows,
-    read_run_json,
-    result_rows,
-    shard_paths,
-    write_manifest,
-    write_run_json,
-)
 from anogen.masks import make_mask
 from anogen.progress import ProgressCallback, report
+from anogen.records import RunRecord, read_run_record, write_run_json
+from anogen.records.manifest import MANIFEST, find_synth_dirs, read_rows, result_rows, shard_paths, write_manifest
 from anogen.synth.jobs import REMASK_MARKER, config_field_names
 from anogen.synth.references import References, load_references
 from anogen.verify.synth import OutputRescorer
@@ -67,8 +59,8 @@ def remask(
                 f"{folder}: holds manifest shards of an unfinished synth run",
                 hint="rerun the synth command to finish it first",
             )
-        run = read_run_json(folder) or {}
-        base = dataclasses.asdict(mask) if mask is not None else dict(run.get("mask") or {})
+        run = read_run_record(folder) or RunRecord.from_dict({}, folder)
+        base = dataclasses.asdict(mask) if mask is not None else dict(run.mask or {})
         base.update({k: v for k, v in (overrides or {}).items() if v is not None})
         cfg = resolve(overrides={"mask": base}).mask
         rows = read_rows(folder / MANIFEST)
@@ -78,11 +70,12 @@ def remask(
             if any("reference" in row for row in rows):
                 # a BCM run: each attempt's object mask is that of the background it was sampled with
                 known = config_field_names("sample")
-                recorded = {k: v for k, v in (run.get("sample") or {}).items() if k in known}
+                recorded = {k: v for k, v in run.sample.items() if k in known}
                 refs = refs.scheduled(resolve(overrides={"sample": recorded}).sample)
         marker = folder / REMASK_MARKER
         write_json_atomic(marker, {"mask": dataclasses.asdict(cfg)})
-        before = len(result_rows(rows, run.get("count")))
+        count = run.raw.get("count")
+        before = len(result_rows(rows, count))
         rescorer = OutputRescorer(folder, run)
         new_rows = []
         missing = [row["part"] for row in rows if not (folder / row["part"]).is_file()]
@@ -104,13 +97,13 @@ def remask(
                              **({"verify": scores} if scores is not None else {})})
             report(progress, f"mask {folder.parent.name}/{folder.name}", k + 1, len(rows))
         write_manifest(folder, new_rows)
-        run["mask"] = dataclasses.asdict(cfg)
-        run.pop("schema_version", None)
-        write_run_json(folder, run)
+        # Rewritten with this anogen's schema_version: it now holds this version's mask section.
+        kept = {k: v for k, v in run.raw.items() if k != "schema_version"}
+        write_run_json(folder, {**kept, "mask": dataclasses.asdict(cfg)})
         marker.unlink()
-        after = len(result_rows(new_rows, run.get("count")))
+        after = len(result_rows(new_rows, count))
         summary.folders.append(
-            {"folder": str(folder), "count": run.get("count"), "accepted_before": before, "accepted_after": after,
-             "attempts": len(rows), "needs_top_up": run.get("count") is not None and after < int(run["count"])}
+            {"folder": str(folder), "count": count, "accepted_before": before, "accepted_after": after,
+             "attempts": len(rows), "needs_top_up": count is not None and after < int(count)}
         )
     return summary

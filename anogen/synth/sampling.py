@@ -21,6 +21,7 @@ from anogen.synth.bcm import encode_grey, noised_references, reference_index
 if TYPE_CHECKING:
     from anogen.model.backbone import Backbone
     from anogen.model.dual import DualAdapter
+    from anogen.records import AdapterRecord
 
 # Samplers that add fresh noise at every step (the rest are deterministic given the initial noise).
 STOCHASTIC_SAMPLERS = frozenset({"ddpm", "sde-dpmsolver++"})
@@ -29,9 +30,9 @@ STOCHASTIC_SAMPLERS = frozenset({"ddpm", "sde-dpmsolver++"})
 # ------------------------------------------------------------------------------------------------ sampling
 
 
-def _prompts(record: Mapping[str, Any], adapter: DualAdapter) -> tuple[str, str]:
+def _prompts(record: AdapterRecord, adapter: DualAdapter) -> tuple[str, str]:
     """(whole, part) prompts: adapter.json's ``prompts`` if it records them, else the adapter config's."""
-    prompts = record.get("prompts")
+    prompts = record.prompts
     if isinstance(prompts, Mapping) and "whole" in prompts and "part" in prompts:
         return str(prompts["whole"]), str(prompts["part"])
     if isinstance(prompts, (list, tuple)) and len(prompts) == 2:
@@ -69,7 +70,7 @@ def encode_backgrounds(backbone: Backbone, images: Sequence[np.ndarray], *, devi
 def sample_pairs(
     backbone: Backbone,
     adapter: DualAdapter,
-    record: Mapping[str, Any],
+    record: AdapterRecord,
     seeds: Sequence[int],
     sample_config: SampleConfig,
     *,
@@ -84,7 +85,7 @@ def sample_pairs(
     Args:
         backbone (`Backbone`): the frozen base model (on ``device``).
         adapter (`DualAdapter`): installed on ``backbone.unet`` for the call if it is not already.
-        record (`Mapping`): the adapter's ``adapter.json`` (prompts).
+        record (`AdapterRecord`): the adapter's ``adapter.json`` (prompts).
         seeds (`Sequence[int]`): one seed per pair; pair k's initial noise (whole, part) and, with BCM, its
             per-step background noise come from ``torch.Generator("cpu").manual_seed(seeds[k])``; a stochastic
             sampler's per-step noise from :func:`step_noise_generator`.

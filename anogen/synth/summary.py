@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from anogen.manifest import result_rows, tally
+from anogen.records.manifest import result_rows, tally
 from anogen.synth.jobs import Job
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from anogen.dist import Dist
 from anogen.io import save_png_atomic
-from anogen.manifest import (
+from anogen.masks import make_mask
+from anogen.records.manifest import (
     SUBDIRS,
     append_row,
     cutoff_id,
@@ -21,7 +22,6 @@ from anogen.manifest import (
     shard_paths,
     write_manifest,
 )
-from anogen.masks import make_mask
 from anogen.synth.jobs import Job
 from anogen.synth.references import References
 from anogen.verify.synth import SampleVerifier
@@ -36,14 +36,15 @@ def run_json_for(job: Job, refs: References, dist: Dist) -> dict[str, Any]:
         "adapter": {
             "path": str(job.adapter_dir),
             "sha256": job.adapter_sha256,
-            "steps_done": job.record.get("steps_done"),
+            "steps_done": job.record.raw.get("steps_done"),
         },
         "category": job.category,
         "defect": job.defect,
-        "backbone": job.record.get("backbone"),
-        "data": job.record.get("data"),
-        "prior": job.record.get("prior"),
-        "prompts": job.record.get("prompts"),
+        # Copied from adapter.json as it holds them (raw), so run.json says exactly what made the samples.
+        "backbone": job.record.raw.get("backbone"),
+        "data": job.record.raw.get("data"),
+        "prior": job.record.raw.get("prior"),
+        "prompts": job.record.raw.get("prompts"),
         "sample": dataclasses.asdict(job.sample),
         "mask": dataclasses.asdict(job.mask),
         "verify": job.verify.to_dict(),

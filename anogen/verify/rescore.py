@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from anogen.errors import InputError
+from anogen.records import RunRecord
 from anogen.verify.config import VerifyConfig
 
 
@@ -47,18 +48,10 @@ def verify_output(
         InputError: no synth output there, an unfinished synth or ``anogen mask`` run in a folder, ``mode off``.
     """
     from anogen.io import load_mask
-    from anogen.manifest import (
-        MANIFEST,
-        find_synth_dirs,
-        read_rows,
-        read_run_json,
-        result_rows,
-        shard_paths,
-        write_manifest,
-        write_run_json,
-    )
     from anogen.masks import REASONS as MASK_REASONS
     from anogen.progress import report
+    from anogen.records import read_run_record, write_run_json
+    from anogen.records.manifest import MANIFEST, find_synth_dirs, read_rows, result_rows, shard_paths, write_manifest
     from anogen.synth.jobs import REMASK_MARKER
     from anogen.verify.synth import OutputRescorer
 
@@ -67,9 +60,9 @@ def verify_output(
         if shard_paths(folder) or (folder / REMASK_MARKER).exists():
             raise InputError(f"{folder}: an unfinished synth or `anogen mask` run is in this folder",
                              hint="rerun that command to finish it first")
-        run = read_run_json(folder) or {}
+        run = read_run_record(folder) or RunRecord.from_dict({}, folder)
         config = _config(run, overrides)
-        rescorer = OutputRescorer(folder, {**run, "verify": config.to_dict()})
+        rescorer = OutputRescorer(folder, RunRecord.from_dict({**run.raw, "verify": config.to_dict()}, folder))
         rows = read_rows(folder / MANIFEST)
         new_rows = []
         for k, row in enumerate(rows):
@@ -82,13 +75,13 @@ def verify_output(
                 new_rows.append({**new_row, "accepted": accepted, "reason": reason,
                                  **({"verify": scores} if scores is not None else {})})
             report(progress, f"verify {folder.parent.name}/{folder.name}", k + 1, len(rows))
-        changed = new_rows != rows or run.get("verify") != config.to_dict()
+        changed = new_rows != rows or run.raw.get("verify") != config.to_dict()
         if changed:
             write_manifest(folder, new_rows)  # atomic; run.json after it, so a kill in between reruns cleanly
-            run["verify"] = config.to_dict()
-            run.pop("schema_version", None)
-            write_run_json(folder, run)
-        count = run.get("count")
+            # Rewritten with this anogen's schema_version: it now holds this version's verify section.
+            kept = {k: v for k, v in run.raw.items() if k != "schema_version"}
+            write_run_json(folder, {**kept, "verify": config.to_dict()})
+        count = run.raw.get("count")
         rejected: dict[str, int] = {}
         for r in new_rows:
             if not r.get("accepted"):
@@ -103,11 +96,11 @@ def verify_output(
     return summary
 
 
-def _config(run: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> VerifyConfig:
+def _config(run: RunRecord, overrides: Mapping[str, Any] | None) -> VerifyConfig:
     from anogen.config import resolve
 
     names = {f.name for f in dataclasses.fields(VerifyConfig)}
-    base = {k: v for k, v in (run.get("verify") or {}).items() if k in names}
+    base = {k: v for k, v in (run.verify or {}).items() if k in names}
     if base.get("mode", "off") == "off":
         base["mode"] = "reject"  # verifying a folder made without verification: judging is the point
     base.update({k: v for k, v in (overrides or {}).items() if v is not None})

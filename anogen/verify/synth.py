@@ -21,20 +21,21 @@ from anogen.verify.config import VerifyConfig
 if TYPE_CHECKING:
     from anogen.data.model import Category
     from anogen.model.backbone import Backbone
+    from anogen.records import AdapterRecord, RunRecord
     from anogen.synth.jobs import Job
     from anogen.verify.normal import NormalModel
     from anogen.verify.shots import ShotBank
 
 
 def verify_config_for(
-    record: Mapping[str, Any],
+    record: AdapterRecord,
     verify: VerifyConfig | None,
     overrides: Mapping[str, Mapping[str, Any]] | None,
 ) -> VerifyConfig:
     """A job's effective verification settings.
 
     Args:
-        record (`Mapping`): the adapter's ``adapter.json``; its recorded ``config.verify`` (its fit preset's) is
+        record (`AdapterRecord`): the adapter's ``adapter.json``; its recorded ``config.verify`` (its fit preset's) is
             the base. An adapter fitted before verification existed records none: the defaults apply (mode
             ``off``, today's behaviour).
         verify (`VerifyConfig`, *optional*): replaces the recorded section (``--preset`` / ``--config``).
@@ -45,7 +46,7 @@ def verify_config_for(
     if verify is not None:
         base = verify.to_dict()
     else:
-        base = dict(((record.get("config") or {}).get("verify")) or {})
+        base = dict(record.config.get("verify") or {})
     names = {f.name for f in dataclasses.fields(VerifyConfig)}
     # Drop fields this version does not know (an adapter from a later anogen) rather than refuse it.
     base = {k: v for k, v in base.items() if k in names}
@@ -73,12 +74,12 @@ class SampleVerifier:
         return scores.to_dict(), reject_reason(scores, self.config)
 
 
-def _category_of(record: Mapping[str, Any]) -> Category:
+def _category_of(record: AdapterRecord | RunRecord) -> Category:
     from anogen.data import read_category
 
-    data = record.get("data") or {}
+    data = record.data
     root = data.get("root")
-    what = f"{record.get('category')}/{record.get('defect')}"
+    what = f"{record.category}/{record.defect}"
     if not root or not Path(str(root)).is_dir():
         raise InputError(
             f"verification of {what} needs the normals of its data set, and the adapter's data folder "
@@ -89,7 +90,7 @@ def _category_of(record: Mapping[str, Any]) -> Category:
 
 
 def normal_model_for(
-    record: Mapping[str, Any], category_out: Path, backbone: Backbone, config: VerifyConfig
+    record: AdapterRecord | RunRecord, category_out: Path, backbone: Backbone, config: VerifyConfig
 ) -> NormalModel:
     """The category's normal model from its ``train/good`` normals (natural order), cached in
     ``category_out/.verify/`` (built when missing or when its inputs changed)."""
@@ -110,13 +111,14 @@ def verifier_for(job: Job, backbone: Backbone) -> SampleVerifier | None:
 
 
 def make_verifier(
-    record: Mapping[str, Any], defect: str, category_out: Path, backbone: Backbone, config: VerifyConfig
+    record: AdapterRecord | RunRecord, defect: str, category_out: Path, backbone: Backbone, config: VerifyConfig
 ) -> SampleVerifier | None:
     """The normal model of ``record``'s category and the shots of ``defect`` (``None`` with mode ``off``).
 
     Args:
-        record (`Mapping`): the adapter's ``adapter.json`` (``data``: where the normals are; ``split.train``: the
-            shots fit trained on, the ``copy`` reference).
+        record (`AdapterRecord | RunRecord`): the adapter's ``adapter.json`` (or, without it, the synth folder's
+            ``run.json``): ``data``, where the normals are; ``split.train``, the shots fit trained on (the ``copy``
+            reference).
         defect (`str`): the defect type whose shots are the reference.
         category_out (`Path`): the synth output's category folder (the model is cached in its ``.verify/``).
         backbone (`Backbone`): the backbone that made the samples.
@@ -128,7 +130,7 @@ def make_verifier(
     if config.mode == "off":
         return None
     model = normal_model_for(record, category_out, backbone, config)
-    stems = set((record.get("split") or {}).get("train") or [])
+    stems = set((record.split.train if record.split is not None else None) or [])
     found = _category_of(record).defects.get(defect)
     paths = [s.image.path for s in (found.samples if found else []) if s.stem in stems]
     shots = None
@@ -147,9 +149,9 @@ class OutputRescorer:
     left as ``anogen mask`` always left it.
     """
 
-    def __init__(self, folder: Path, run: Mapping[str, Any]) -> None:
+    def __init__(self, folder: Path, run: RunRecord) -> None:
         names = {f.name for f in dataclasses.fields(VerifyConfig)}
-        recorded = {k: v for k, v in (run.get("verify") or {}).items() if k in names}
+        recorded = {k: v for k, v in (run.verify or {}).items() if k in names}
         self.config = VerifyConfig(**recorded) if recorded else VerifyConfig()
         self.folder, self.run = folder, run
         self._verifier: SampleVerifier | None = None
@@ -161,13 +163,15 @@ class OutputRescorer:
 
     def _get_verifier(self) -> SampleVerifier:
         if self._verifier is None:
-            from anogen.model.adapter import read_adapter_record
+            from anogen.records import ADAPTER_JSON, read_adapter_record
             from anogen.synth.backbones import load_backbone_for
 
-            adapter_dir = Path(str((self.run.get("adapter") or {}).get("path") or ""))
-            record = read_adapter_record(adapter_dir) if (adapter_dir / "adapter.json").is_file() else self.run
+            adapter_dir = Path(self.run.adapter.path or "")
+            record: AdapterRecord | RunRecord = (
+                read_adapter_record(adapter_dir) if (adapter_dir / ADAPTER_JSON).is_file() else self.run
+            )
             backbone = load_backbone_for(self.run, {}, "cpu")
-            verifier = make_verifier(record, str(self.run.get("defect")), self.folder.parent, backbone, self.config)
+            verifier = make_verifier(record, str(self.run.defect), self.folder.parent, backbone, self.config)
             assert verifier is not None  # mode is not off here
             self._verifier = verifier
         return self._verifier
@@ -192,7 +196,7 @@ class OutputRescorer:
         return why is None, why, dict(scores)
 
 
-def resume_verify(job: Job, run: Mapping[str, Any] | None, explicit: bool) -> None:
+def resume_verify(job: Job, run: RunRecord | None, explicit: bool) -> None:
     """Continue a folder with its own verification settings (``anogen verify`` may have changed them).
 
     As with masks: no verification setting asked for (no ``--verify`` / threshold flag, no ``--preset`` /
@@ -202,8 +206,8 @@ def resume_verify(job: Job, run: Mapping[str, Any] | None, explicit: bool) -> No
     from anogen.config import resolve
     from anogen.errors import CompatibilityError
 
-    old = (run or {}).get("verify")
-    if not isinstance(old, Mapping) or dict(old) == job.verify.to_dict():
+    old = run.verify if run is not None else None
+    if old is None or old == job.verify.to_dict():
         return
     if explicit:
         raise CompatibilityError(

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from anogen.cli.app import app
-from anogen.manifest import read_rows
 from anogen.model.backbone import build_tiny
+from anogen.records.manifest import read_rows
 from tests.test_sample import make_runs
 
 

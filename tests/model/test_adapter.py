@@ -17,11 +17,11 @@ from anogen.model.adapter import (
     ADAPTER_SCHEMA_VERSION,
     adapter_sha256,
     load_adapter,
-    read_adapter_record,
     save_adapter,
 )
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter, dual_forward, encode_prompts
+from anogen.records import read_adapter_record
 
 RECORD = {"category": "bottle", "defect": "crack", "prompts": {"whole": "a vfx with sks", "part": "sks"}, "seed": 7}
 
@@ -60,12 +60,12 @@ def test_save_then_load_reproduces_outputs_exactly(tiny_backbone, tmp_path, conf
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter.json", "adapter.safetensors"]
     loaded, record = load_adapter(tmp_path, tiny_backbone)
     assert loaded.config == config
-    assert record["category"] == "bottle" and record["schema_version"] == ADAPTER_SCHEMA_VERSION
-    assert record["backbone"] == {"source": "tiny", "content_hash": tiny_backbone.content_hash}
+    assert record.category == "bottle" and record.schema_version == ADAPTER_SCHEMA_VERSION
+    assert record.raw["backbone"] == {"source": "tiny", "content_hash": tiny_backbone.content_hash}
     assert torch.equal(_run(tiny_backbone, loaded), before)
     saved = load_file(str(tmp_path / "adapter.safetensors"))
     assert set(saved) == set(adapter.adapter_state_dict())
-    assert sum(v.numel() for v in saved.values()) == adapter.num_trainable() == record["num_parameters"]
+    assert sum(v.numel() for v in saved.values()) == adapter.num_trainable() == record.raw["num_parameters"]
 
 
 def test_file_keys_follow_the_documented_scheme(tiny_backbone, tmp_path):
@@ -87,7 +87,7 @@ def test_file_keys_follow_the_documented_scheme(tiny_backbone, tmp_path):
     assert meta["backbone_content_hash"] == tiny_backbone.content_hash
     assert meta["anogen_version"] and meta["schema_version"] == str(ADAPTER_SCHEMA_VERSION)
     assert adapter_sha256(tmp_path) == sha256_file(tmp_path / "adapter.safetensors")
-    assert read_adapter_record(tmp_path)["adapter_config"]["rank"] == 3
+    assert read_adapter_record(tmp_path).adapter_config["rank"] == 3
 
 
 def test_another_backbone_is_refused_in_one_line(tiny_backbone, tmp_path):
@@ -133,4 +133,4 @@ def test_save_needs_a_backbone_identity(tiny_backbone, tmp_path):
     with pytest.raises(ValueError, match="content_hash"):
         save_adapter(adapter, tmp_path, RECORD)
     save_adapter(adapter, tmp_path, {**RECORD, "backbone": {"source": "tiny", "content_hash": "abc"}})
-    assert read_adapter_record(tmp_path)["backbone"]["content_hash"] == "abc"
+    assert read_adapter_record(tmp_path).backbone.content_hash == "abc"

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from anogen.config import AdapterConfig, SampleConfig
-from anogen.model.adapter import load_adapter, read_adapter_record, save_adapter
+from anogen.model.adapter import load_adapter, save_adapter
 from anogen.model.backbone import build_tiny
 from anogen.model.dual import DualAdapter, dual_forward, encode_prompts
+from anogen.records import read_adapter_record
 from anogen.synth import sample_pairs
 
 WHOLE, PART = "a vfx with sks", "sks"
@@ -161,7 +162,7 @@ def test_fp16_adapter_file_is_half_the_size_and_samples_within_tolerance(backbon
     size32 = (tmp_path / "fp32" / "adapter.safetensors").stat().st_size
     size16 = (tmp_path / "fp16" / "adapter.safetensors").stat().st_size
     assert 0.45 < size16 / size32 < 0.55
-    assert read_adapter_record(tmp_path / "fp16")["weights_dtype"] == "fp16"
+    assert read_adapter_record(tmp_path / "fp16").raw["weights_dtype"] == "fp16"
     a32, record = load_adapter(tmp_path / "fp32", backbone)
     a16, _ = load_adapter(tmp_path / "fp16", backbone)
     assert all(p.dtype == torch.float32 for p in a16.parameters())  # cast back on load

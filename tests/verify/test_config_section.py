@@ -17,6 +17,7 @@ from anogen.cli.app import app
 from anogen.config import SECTIONS, list_presets, resolve
 from anogen.errors import InputError, PresetError
 from anogen.model.backbone import build_tiny
+from anogen.records import AdapterRecord
 from anogen.verify.config import VerifyConfig
 from anogen.verify.synth import verify_config_for
 from tests.test_sample import make_runs
@@ -60,11 +61,12 @@ def test_bad_mode_and_unknown_key():
 
 
 def test_job_settings_from_record_and_flags():
-    record = {"config": {"verify": {**VerifyConfig(mode="reject").to_dict(), "alignment_min": 0.6}}}
+    recorded = {**VerifyConfig(mode="reject").to_dict(), "alignment_min": 0.6}
+    record = AdapterRecord.from_dict({"config": {"verify": recorded}})
     got = verify_config_for(record, None, {"verify": {"background_max": 2.0, "copy_min": None}})
     assert (got.mode, got.alignment_min, got.background_max, got.copy_min) == ("reject", 0.6, 2.0, 1.5)
     # An adapter fitted before verification existed records no section: off, as before.
-    assert verify_config_for({"config": {"sample": {}}}, None, None).mode == "off"
+    assert verify_config_for(AdapterRecord.from_dict({"config": {"sample": {}}}), None, None).mode == "off"
     # --preset / --config replace the recorded section; flags still win.
     got = verify_config_for(record, VerifyConfig(mode="score"), {"verify": {"mode": "off"}})
     assert (got.mode, got.alignment_min) == ("off", 0.75)

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from anogen.errors import InputError
-from anogen.manifest import read_rows
 from anogen.masks import REASONS as MASK_REASONS
 from anogen.model.backbone import build_tiny
+from anogen.records.manifest import read_rows
 from anogen.synth import synthesize
 from tests.test_sample import make_runs
 

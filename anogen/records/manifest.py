@@ -1,4 +1,5 @@
-"""Reading and writing synth outputs: ``run.json`` and ``manifest.jsonl`` (one row per attempt). No torch here.
+"""Reading and writing a synth folder's ``manifest.jsonl`` (one row per attempt) and its shards; finding adapter and
+synth folders. No torch here.
 
 A synth defect folder ``OUT/<category>/<defect>/`` holds ``image/``, ``part/``, ``mask/`` (``NNNNNN.png`` named by
 attempt id), ``run.json`` and ``manifest.jsonl``. While a run is going, rows are appended (and fsync'ed) to
@@ -20,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from anogen.errors import InputError
-from anogen.io import SCHEMA_VERSION, write_json_atomic, write_text_atomic
+from anogen.io import SCHEMA_VERSION, write_text_atomic
+from anogen.records.adapter import ADAPTER_JSON
+from anogen.records.run import RUN_JSON
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
-RUN_JSON = "run.json"
-ADAPTER_JSON = "adapter.json"
 SHARD_GLOB = "manifest.rank*.jsonl"
 SUBDIRS = ("image", "part", "mask")
 ID_WIDTH = 6
@@ -209,33 +210,6 @@ def tally(rows: Mapping[int, Mapping[str, Any]], count: int) -> Tally:
             reason = str(r.get("reason"))
             rejected[reason] = rejected.get(reason, 0) + 1
     return Tally(len(result_rows(rows, count)), dict(sorted(rejected.items())), len(kept))
-
-
-def read_run_json(folder: str | Path) -> dict[str, Any] | None:
-    path = Path(folder) / RUN_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})", path=path) from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object", path=path)
-    return data
-
-
-def write_run_json(folder: str | Path, data: Mapping[str, Any]) -> Path:
-    path = Path(folder) / RUN_JSON
-    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **data})
-    return path
-
-
-def load_synth(folder: str | Path, count: int | None = None) -> list[dict[str, Any]]:
-    """The accepted result rows of one synth defect folder (``count`` defaults to run.json's ``count``)."""
-    folder = Path(folder)
-    run = read_run_json(folder) or {}
-    rows = read_rows(folder / MANIFEST)
-    return result_rows(rows, count if count is not None else run.get("count"))
 
 
 def _find_below(root: Path, marker: str, what: str, hint: str) -> list[Path]:

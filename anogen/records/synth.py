@@ -1,16 +1,20 @@
-"""Reading synth output folders for an export: the accepted samples of each defect folder, and its split."""
+"""A synth defect folder read back: :class:`SynthFolder` (its ``run.json``, every manifest row, the accepted
+samples with their paths, the few-shot split) and :func:`read_synth_folder`, the one reader export, report, eval,
+``anogen mask`` and ``anogen verify`` share. No torch."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anogen.errors import DataError
+from anogen.errors import DataError, InputError
+from anogen.records.adapter import ADAPTER_JSON, RecordedSplit, read_adapter_record
+from anogen.records.manifest import MANIFEST, find_synth_dirs, read_all_rows, result_rows
+from anogen.records.run import RunRecord, read_run_record
 
 
 @dataclass(frozen=True)
@@ -30,31 +34,39 @@ class SynthSample:
     synth_dir: Path
 
 
-@dataclass
-class SynthSet:
-    """One synth defect folder: its ``run.json``, every manifest row and the accepted samples."""
+@dataclass(frozen=True)
+class SynthFolder:
+    """One synth defect folder (resolved): its ``run.json``, every manifest row in id order (shards included)
+    and the accepted samples (the first ``count`` accepted rows).
+
+    ``split`` is the few-shot split of the adapter that made it: run.json's ``split``, else the one in the
+    adapter's ``adapter.json`` (older outputs only point at the adapter); ``None`` when neither records one.
+    """
 
     folder: Path
-    run: dict[str, Any]
+    run: RunRecord
     category: str
     defect: str
     rows: list[dict[str, Any]]
     samples: list[SynthSample] = field(default_factory=list)
+    split: RecordedSplit | None = None
 
     @property
-    def data_info(self) -> dict[str, Any]:
-        data = self.run.get("data")
-        return data if isinstance(data, dict) else {}
+    def held_out_stems(self) -> list[str] | None:
+        """The real held-out stems the adapter never saw, or ``None`` when no held-out list is recorded."""
+        if self.split is None or self.split.held_out is None:
+            return None
+        train = set(self.split.train or ())
+        return [s for s in self.split.held_out if s not in train]
 
 
 def find_synth_folders(paths: Sequence[str | Path]) -> list[Path]:
-    """Every synth defect folder under the given paths (a synth root, a category folder or a defect folder).
+    """Every synth defect folder under the given paths (a synth root, a category folder or a defect folder),
+    resolved, each once.
 
     Raises:
         InputError: a path does not exist or holds no synth output.
     """
-    from anogen.manifest import find_synth_dirs
-
     found: list[Path] = []
     for raw in paths:
         for candidate in find_synth_dirs(Path(raw)):
@@ -64,27 +76,23 @@ def find_synth_folders(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def read_synth_set(folder: str | Path) -> SynthSet:
+def read_synth_folder(folder: str | Path) -> SynthFolder:
     """Read one synth defect folder; ``samples`` are the first ``count`` accepted rows in id order.
 
     Raises:
         InputError: the manifest or run.json is unreadable, or an accepted sample's file is missing.
     """
-    from anogen.manifest import MANIFEST, read_all_rows, read_run_json, result_rows
-
     folder = Path(folder).resolve()
-    run = read_run_json(folder)
+    run = read_run_record(folder)
     if run is None:
         raise DataError(f"{folder} has no run.json: not a synth output folder", path=folder)
     by_id = read_all_rows(folder)
     rows = [by_id[i] for i in sorted(by_id)]
-    category = str(run.get("category") or folder.parent.name)
-    defect = str(run.get("defect") or folder.name)
-    count = run.get("count")
-    adapter = run.get("adapter") if isinstance(run.get("adapter"), dict) else {}
+    category = str(run.category or folder.parent.name)
+    defect = str(run.defect or folder.name)
     samples: list[SynthSample] = []
     locate = _ManifestPaths(folder, folder / MANIFEST)
-    for row in result_rows(rows, count if isinstance(count, int) else None):
+    for row in result_rows(rows, run.count):
         paths = {key: locate(row, key) for key in ("image", "part", "mask")}
         samples.append(
             SynthSample(
@@ -93,7 +101,7 @@ def read_synth_set(folder: str | Path) -> SynthSet:
                 id=int(row["id"]),
                 name=str(row.get("name") or f"{int(row['id']):06d}"),
                 seed=row.get("seed"),
-                adapter_sha256=row.get("adapter_sha256") or adapter.get("sha256"),
+                adapter_sha256=row.get("adapter_sha256") or run.adapter.sha256,
                 image=paths["image"],
                 part=paths["part"],
                 mask=paths["mask"],
@@ -101,7 +109,24 @@ def read_synth_set(folder: str | Path) -> SynthSet:
                 synth_dir=folder,
             )
         )
-    return SynthSet(folder=folder, run=run, category=category, defect=defect, rows=rows, samples=samples)
+    split = run.split if run.split is not None else _adapter_split(folder, run)
+    return SynthFolder(folder, run, category, defect, rows, samples, split)
+
+
+def _adapter_split(folder: Path, run: RunRecord) -> RecordedSplit | None:
+    """The split in the ``adapter.json`` run.json points at (a folder or the file itself; a relative path is
+    taken from the synth folder); ``None`` when it is not there or unreadable."""
+    if not run.adapter.path:
+        return None
+    record_path = Path(run.adapter.path)
+    if not record_path.is_absolute():
+        record_path = (folder / record_path).resolve()
+    record_dir = record_path if record_path.is_dir() else record_path.parent
+    if record_path.name != ADAPTER_JSON and not record_path.is_dir():
+        return None
+    with contextlib.suppress(InputError):
+        return read_adapter_record(record_dir).split
+    return None
 
 
 class _ManifestPaths:
@@ -141,23 +166,3 @@ class _ManifestPaths:
         if not target.is_file():
             raise DataError(f"{target} is missing (accepted sample {row['id']})", path=target)
         return target
-
-
-def held_out_stems(synth: SynthSet) -> list[str] | None:
-    """The real held-out stems the adapter never saw, from run.json ``split`` or the adapter's adapter.json."""
-    split = synth.run.get("split")
-    if not isinstance(split, dict):
-        adapter = synth.run.get("adapter")
-        adapter_path = adapter.get("path") if isinstance(adapter, dict) else None
-        if adapter_path:
-            record_path = Path(adapter_path)
-            if not record_path.is_absolute():
-                record_path = (synth.folder / record_path).resolve()
-            record_file = record_path / "adapter.json" if record_path.is_dir() else record_path
-            if record_file.name == "adapter.json" and record_file.is_file():
-                with contextlib.suppress(OSError, json.JSONDecodeError):
-                    split = json.loads(record_file.read_text(encoding="utf-8")).get("split")
-    if not isinstance(split, dict) or not isinstance(split.get("held_out"), list):
-        return None
-    train = {str(s) for s in split.get("train") or []}
-    return [str(s) for s in split["held_out"] if str(s) not in train]
