@@ -115,3 +115,23 @@ def test_find_dirs_at_every_level(tmp_path):
         find_adapter_dirs(empty)
     with pytest.raises(InputError, match="does not exist"):
         find_adapter_dirs(tmp_path / "missing")
+
+
+def test_split_of_an_old_output_follows_its_relative_adapter_path(tmp_path, monkeypatch):
+    # Outputs without run.json `split` point at their adapter by the path synth was given, relative to the folder
+    # synth ran in: the committed fixture is one (`runs/object/stain`). Export used to look for it below the
+    # synth folder and found nothing.
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "renovation"
+    shutil.copytree(fixture / "synth", tmp_path / "synth")
+    shutil.copytree(fixture / "runs", tmp_path / "runs")
+    recorded = json.loads((tmp_path / "runs/object/stain/adapter.json").read_text())["split"]
+    monkeypatch.chdir(tmp_path)
+    folder = read_synth_folder("synth/object/stain")
+    assert "split" not in folder.run.raw
+    assert folder.split is not None
+    assert (list(folder.split.train), list(folder.split.held_out)) == (recorded["train"], recorded["held_out"])
+    monkeypatch.chdir(tmp_path / "synth")  # neither from here nor from the synth folder: no split, no error
+    assert read_synth_folder("object/stain").split is None

@@ -114,13 +114,18 @@ def read_synth_folder(folder: str | Path) -> SynthFolder:
 
 
 def _adapter_split(folder: Path, run: RunRecord) -> RecordedSplit | None:
-    """The split in the ``adapter.json`` run.json points at (a folder or the file itself; a relative path is
-    taken from the synth folder); ``None`` when it is not there or unreadable."""
+    """The split in the ``adapter.json`` run.json points at (a folder or the file itself); ``None`` when it is not
+    there or unreadable.
+
+    ``synth`` records the adapter path as it was given, so a relative one is relative to the folder synth ran
+    in: it is tried from the current directory first (eval's rule), then from the synth folder (export's rule).
+    """
     if not run.adapter.path:
         return None
     record_path = Path(run.adapter.path)
     if not record_path.is_absolute():
-        record_path = (folder / record_path).resolve()
+        from_cwd = record_path.resolve()
+        record_path = from_cwd if from_cwd.exists() else (folder / record_path).resolve()
     record_dir = record_path if record_path.is_dir() else record_path.parent
     if record_path.name != ADAPTER_JSON and not record_path.is_dir():
         return None
