@@ -144,6 +144,13 @@ def read_category(
     return result
 
 
+def holds_category(root: str | Path, category: str) -> bool:
+    """Whether ``root`` is a data set root that holds ``category`` (a folder of that name, or a VisA root whose
+    split file lists it), rather than a category folder itself."""
+    root = Path(root)
+    return (root / category).is_dir() or (visa.is_root(root) and category in visa.objects_in_split_file(root))
+
+
 def _existing_dir(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
@@ -218,5 +225,6 @@ __all__ = [
     "Severity",
     "category_format",
     "detect_format",
+    "holds_category",
     "read_category",
 ]

@@ -31,19 +31,11 @@ def load_real_category(data: Path, category: str, data_format: str = "auto") -> 
     ``data`` may be the data set root (the category is looked up by name) or the category folder itself,
     whatever its folder name.
     """
-    from anogen.data import read_category
+    from anogen.data import holds_category, read_category
 
     data = Path(data)
-    named = _holds_category(data, category)
+    named = holds_category(data, category)
     return read_category(data, category=category if named else None, dataset_format=data_format)
-
-
-def _holds_category(data: Path, category: str) -> bool:
-    """Whether ``data`` is a data set root holding ``category`` (rather than a category folder itself)."""
-    from anogen.data import visa as visa_reader
-
-    in_split_file = visa_reader.is_root(data) and category in visa_reader.objects_in_split_file(data)
-    return (data / category).is_dir() or in_split_file
 
 
 # ------------------------------------------------------------------------------------- source items
@@ -123,6 +115,8 @@ def collect_items(sets: Sequence[SynthFolder], config: ExportConfig) -> list[Cat
         InputError: no synth folder matches ``--category``, names collide after sanitising, or the real
             held-out split is unknown while ``--include-real-test`` asks for it.
     """
+    from anogen.data import holds_category
+
     grouped = _group_sets(sets, config.category)
     if not grouped:
         known = sorted({s.category for s in sets})
@@ -138,7 +132,7 @@ def collect_items(sets: Sequence[SynthFolder], config: ExportConfig) -> list[Cat
         data_info = cat_sets[0].run.data
         real = None
         if config.data is not None:
-            if len(grouped) > 1 and not _holds_category(Path(config.data), source_name):
+            if len(grouped) > 1 and not holds_category(Path(config.data), source_name):
                 raise InputError(
                     f"the synth folders hold {len(grouped)} categories but --data {config.data} is one category folder",
                     hint="pass --category NAME, or --data the data set root that holds every category",
