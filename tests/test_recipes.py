@@ -126,15 +126,16 @@ def test_unknown_recipe_is_refused() -> None:
 
 
 def test_synth_recipe_takes_the_fit_preset_under_that_recipe() -> None:
-    from anogen.synth.jobs import configs_for
+    from anogen.config import ConfigRequest
+    from anogen.synth.jobs import job_configs
 
     recorded = dataclasses.asdict(resolve("mvtec/screw").sample)
     record = {"preset": "mvtec/screw", "config": {"sample": recorded, "mask": {}}}
-    assert configs_for(record, None, None, None)[0].sampler == "pndm"
-    fast, _ = configs_for(record, None, None, {"sample": {"count": 5}}, "fast")
+    assert job_configs(record, ConfigRequest()).sample.sampler == "pndm"
+    fast = job_configs(record, ConfigRequest(overrides={"sample": {"count": 5}}, recipe="fast")).sample
     assert (fast.sampler, fast.steps, fast.guidance, fast.count) == ("dpmsolver++", 30, 2.5, 5)
-    back, _ = configs_for({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}}, None, None,
-                           None, "reference")
+    back = job_configs({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}},
+                       ConfigRequest(recipe="reference")).sample
     assert (back.sampler, back.steps, back.guidance, back.bcm_reference_every) == ("pndm", 50, 1.2, 10)
 
 
@@ -168,4 +169,4 @@ def test_fit_cli_recipe_reaches_the_config(tmp_path: Path, monkeypatch: pytest.M
         assert seen["config"].train.save_dtype == "fp32" and seen["config"].train.max_grad_norm == expected
     assert resolve("generic/object").train.max_grad_norm == 1.0
     bad = CliRunner().invoke(app, ["fit", str(data), "--save-dtype", "int8"])
-    assert bad.exit_code == 2 and "--save-dtype" in bad.output
+    assert bad.exit_code == 2 and "unknown save dtype 'int8'" in bad.output

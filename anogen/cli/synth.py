@@ -44,7 +44,11 @@ ThresholdOpt = Annotated[
     typer.Option("--threshold", help="Mask threshold: distance from grey on a 0-1 scale (e.g. 0.12), or otsu."),
 ]
 OnObjectOpt = Annotated[
-    bool, typer.Option("--on-object-only", help="Reject masks lying mostly off the object (needs a prior).")
+    bool | None,
+    typer.Option(
+        "--on-object-only/--no-on-object-only",
+        help="Reject masks lying mostly off the object (needs a prior).",
+    ),
 ]
 VerifyOpt = Annotated[
     str | None,
@@ -58,18 +62,15 @@ VerifyOpt = Annotated[
 
 
 def parse_threshold(value: str | None) -> float | str | None:
-    """``"otsu"`` or a number in [0, 1]; ``None`` when the flag was not given."""
+    """``"otsu"`` or a number; ``None`` when the flag was not given (``MaskConfig`` checks the range)."""
     if value is None:
         return None
     if value.strip().lower() == "otsu":
         return "otsu"
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise InputError(f"--threshold takes a number in [0, 1] or otsu (got {value!r})") from None
-    if not 0.0 <= number <= 1.0:
-        raise InputError(f"--threshold must lie in [0, 1] (distance from grey), got {number}")
-    return number
 
 
 def synth_command(
@@ -98,7 +99,7 @@ def synth_command(
         str | None, typer.Option("--mixed-precision", help="no | fp16 | bf16 (GPU only; ignored on CPU).")
     ] = None,
     threshold: ThresholdOpt = None,
-    on_object_only: OnObjectOpt = False,
+    on_object_only: OnObjectOpt = None,
     verify: VerifyOpt = None,
     min_alignment: MinAlignmentOpt = None,
     max_background: MaxBackgroundOpt = None,
@@ -113,7 +114,7 @@ def synth_command(
 ) -> None:
     """Generate COUNT accepted (image, part, mask) triples per defect type; resumable, deterministic by seed."""
     from anogen import synth as synth_lib
-    from anogen.config import resolve
+    from anogen.config import ConfigRequest
 
     main_process = os.environ.get("RANK", "0") == "0"
     # Under a launcher only rank 0 talks; the others would print the same progress again.
@@ -129,7 +130,7 @@ def synth_command(
             "max_attempts": max_attempts,
             "mixed_precision": mixed_precision,
         },
-        "mask": {"threshold": parse_threshold(threshold), "on_object_only": True if on_object_only else None},
+        "mask": {"threshold": parse_threshold(threshold), "on_object_only": on_object_only},
         "verify": {
             "mode": verify.strip().lower() if verify is not None else None,
             "alignment_min": min_alignment,
@@ -137,24 +138,17 @@ def synth_command(
             "copy_min": min_copy_distance,
         },
     }
-    sample_cfg = mask_cfg = verify_cfg = None
-    if preset is not None or config is not None:
-        resolved = resolve(preset, config, overrides, recipe=recipe)
-        sample_cfg, mask_cfg, verify_cfg = resolved.sample, resolved.mask, resolved.verify
+    # Resolved by the library, once per adapter, over the configs that adapter recorded at fit.
+    request = ConfigRequest(preset=preset, config_file=config, overrides=overrides, recipe=recipe)
     if dry_run:
-        jobs = synth_lib.prepare_jobs(
-            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, verify=verify_cfg
-        )
+        jobs = synth_lib.prepare_jobs(runs, out, request)
         synth_lib.check_backbones(jobs)  # what the real run checks before it loads weights
         entries = synth_lib.plan(jobs)
         if main_process:
             _print_plan(out_, entries)
         return
     with out_.progress() as display:
-        summary = synth_lib.synthesize(
-            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, progress=display, device=device,
-            verify=verify_cfg,
-        )
+        summary = synth_lib.synthesize(runs, out, request, progress=display, device=device)
     if not main_process:
         return
     out_.emit_json(summary.to_dict())

@@ -44,6 +44,12 @@ class ConfigRequest:
         """:func:`resolve` of this request, over ``recorded`` (a recorded config's sections) when given."""
         return resolve(self.preset, self.config_file, self.overrides, recipe=self.recipe, recorded=recorded)
 
+    def check(self) -> None:
+        """Resolve the request on its own (no recorded layer), for its errors only: a bad flag, preset or config
+        file stops a command before it reads any adapter, even where none is found. A recipe without a preset
+        waits for the adapters' fit presets."""
+        resolve(self.preset, self.config_file, self.overrides, recipe=self.recipe if self.preset else None)
+
     def chooses(self, section: str) -> bool:
         """Whether the request itself sets values of ``section``: a preset or config file (either may hold any
         section) or a given override. Synth keeps an output folder's own mask and verify settings otherwise."""
@@ -99,14 +105,17 @@ def resolve(
             unset CLI flags fall through to the layers below. A config object as a section's value sets every
             field of it.
         recipe (`str`, *optional*): ``reference`` or ``fast`` (docs/presets.md); only for presets that follow a
-            recipe (every SD-1.x preset); ``None`` keeps the preset's own (``reference``). Without ``preset`` it
-            applies to the preset ``recorded`` names (the adapter's fit preset), over the recorded values.
+            recipe (every SD-1.x preset); ``None`` keeps the preset's own (``reference``). Without ``preset``, the
+            preset ``recorded`` names (the adapter's fit preset) is applied under it.
         recorded (`Mapping`, *optional*): a config recorded at fit (``{section: {field: value}}``, plus the
             ``preset`` it was fitted with), the lowest layer above the defaults.
     """
     merged: dict[str, Any] = recorded_layer(recorded) if recorded else {}
     if merged:
         validate_sections(merged, source=RECORDED, allow_meta=False)
+    if recipe is not None and not preset and recorded and recorded.get("preset"):
+        # A recipe sits right above the preset it applies to: without --preset, the one the adapter was fitted with.
+        preset = str(recorded["preset"])
     validated = False
     own_recipe = None
     if preset:
@@ -117,13 +126,10 @@ def resolve(
     if recipe is not None:
         if recipe not in RECIPES:
             raise PresetError(f"unknown recipe {recipe!r}", hint=f"choose one of: {', '.join(RECIPES)}")
-        base_preset = preset or (str(recorded["preset"]) if recorded and recorded.get("preset") else None)
-        if not preset and base_preset:
-            own_recipe = load_preset_raw(base_preset).get("recipe")
         if own_recipe is None:
             raise PresetError(
-                f"preset {base_preset!r} follows no recipe, so --recipe {recipe} cannot apply to it"
-                if base_preset
+                f"preset {preset!r} follows no recipe, so --recipe {recipe} cannot apply to it"
+                if preset
                 else f"--recipe {recipe} needs a preset that follows a recipe",
                 hint="recipes apply to the SD-1.x presets (mvtec/*, visa/*, generic/*)",
             )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from anogen.manifest import read_all_rows, read_run_json, result_rows
@@ -15,20 +15,19 @@ def _bytes_per_attempt(resolution: int) -> int:
     return int(resolution * resolution * 2.1) + 200
 
 
-def _resolution_of(record: Mapping[str, Any]) -> int:
+def _resolution_of(job: Job) -> int:
     """The output resolution without loading the model: the backbone's native size (``describe_backbone``), else
     the recorded training resolution."""
     from anogen.errors import BackboneError
     from anogen.model.spec import describe_backbone
 
-    source = str((record.get("backbone") or {}).get("source") or "")
     try:
-        native = describe_backbone(source).native_resolution if source else None
+        native = describe_backbone(job.backbone).native_resolution if job.backbone.id else None
     except BackboneError:
         native = None
     if native is not None:
         return native
-    train = ((record.get("config") or {}).get("train") or {}).get("resolution")
+    train = ((job.record.get("config") or {}).get("train") or {}).get("resolution")
     return int(train or 512)
 
 
@@ -49,7 +48,7 @@ def plan(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         rate = (sum(1 for r in rows.values() if r.get("accepted")) / done_attempts) if done_attempts else 1.0
         missing = max(job.sample.count - accepted, 0)
         to_generate = min(math.ceil(missing / max(rate, 0.05)), max(job.max_attempts - done_attempts, 0))
-        resolution = _resolution_of(job.record)
+        resolution = _resolution_of(job)
         run = read_run_json(job.out_dir) or {}
         measured = (run.get("last_run") or {}).get("samples_per_s")
         if measured:

@@ -29,8 +29,8 @@ def test_flags_reach_the_library(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake(runs, out, sample, mask, **kwargs):
-        seen.update(runs=runs, out=out, sample=sample, mask=mask, **kwargs)
+    def fake(runs, out, request, **kwargs):
+        seen.update(runs=runs, out=out, request=request, **kwargs)
         return anogen.synth.SynthSummary()
 
     monkeypatch.setattr(anogen.synth, "synthesize", fake)
@@ -40,12 +40,13 @@ def test_flags_reach_the_library(tmp_path, monkeypatch):
         "--on-object-only", "--mixed-precision", "fp16", "--json",
     ])
     assert result.exit_code == 0, result.output
-    assert seen["sample"] is None and seen["mask"] is None  # no preset: each adapter's own configs + flags
-    assert seen["overrides"]["sample"] == {
+    request = seen["request"]
+    assert request.preset is None and request.config_file is None  # each adapter's own configs + flags
+    assert request.overrides["sample"] == {
         "count": 7, "batch_size": 3, "seed": 5, "steps": 100, "sampler": "pndm", "guidance": 2.5,
         "max_attempts": 20, "mixed_precision": "fp16",
     }
-    assert seen["overrides"]["mask"] == {"threshold": "otsu", "on_object_only": True}
+    assert request.overrides["mask"] == {"threshold": "otsu", "on_object_only": True}
     assert Path(seen["out"]) == tmp_path / "o" and callable(seen["progress"])
     assert json.loads(result.stdout)["defects"] == []
 
