@@ -170,3 +170,16 @@ def test_fit_cli_recipe_reaches_the_config(tmp_path: Path, monkeypatch: pytest.M
     assert resolve("generic/object").train.max_grad_norm == 1.0
     bad = CliRunner().invoke(app, ["fit", str(data), "--save-dtype", "int8"])
     assert bad.exit_code == 2 and "unknown save dtype 'int8'" in bad.output
+
+
+def test_synth_preset_keeps_the_recorded_fields_it_does_not_set() -> None:
+    # defaults < the adapter's recorded config < --preset: before, --preset replaced the recorded config whole,
+    # so max_area_fraction (which toy/object does not set) fell back to the default 0.5.
+    from anogen.config import ConfigRequest
+    from anogen.synth.jobs import job_configs
+
+    record = {"preset": "generic/object", "config": {"mask": {"threshold": 0.2, "max_area_fraction": 0.3},
+                                                     "sample": {"negative_prompt": "blurry", "steps": 99}}}
+    resolved = job_configs(record, ConfigRequest(preset="toy/object"))
+    assert (resolved.mask.threshold, resolved.mask.max_area_fraction) == (0.4, 0.3)
+    assert (resolved.sample.steps, resolved.sample.negative_prompt) == (20, "blurry")

@@ -51,6 +51,24 @@ def test_flags_reach_the_library(tmp_path, monkeypatch):
     assert json.loads(result.stdout)["defects"] == []
 
 
+def test_no_on_object_only_switches_a_preset_value_off(tmp_path, monkeypatch):
+    import anogen.synth
+
+    seen = {}
+
+    def fake(runs, out, request, **kwargs):
+        seen.update(request=request)
+        return anogen.synth.SynthSummary()
+
+    monkeypatch.setattr(anogen.synth, "synthesize", fake)
+    assert invoke(["synth", tmp_path, "--no-on-object-only", "--json"]).exit_code == 0
+    assert seen["request"].overrides["mask"]["on_object_only"] is False
+    recorded = {"mask": {"on_object_only": True}}
+    assert seen["request"].resolve(recorded=recorded).mask.on_object_only is False
+    assert invoke(["synth", tmp_path, "--json"]).exit_code == 0
+    assert seen["request"].overrides["mask"]["on_object_only"] is None  # not given: the recorded value stays
+
+
 @pytest.mark.parametrize("value", ["abc", "1.5", "-0.1"])
 def test_bad_threshold_exits_2(tmp_path, value):
     result = invoke(["synth", tmp_path, "--count", 1, "--threshold", value])
