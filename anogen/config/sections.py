@@ -108,8 +108,9 @@ class AdapterConfig:
     prompt_part: str = "sks"
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise InputError(f"adapter.rank {flag_of('adapter', 'rank')}must be at least 1 (got {self.rank})")
+        # rank 0 is a valid model (SAIM alone, an ablation); fit asks for at least 1 (anogen/fit/plan.py).
+        if self.rank < 0:
+            raise InputError(f"adapter.rank {flag_of('adapter', 'rank')}must be >= 0 (got {self.rank})")
         for name in ("saim_width", "bcm_width"):
             width = getattr(self, name)
             if width is not None and width < 1:

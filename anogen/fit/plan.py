@@ -72,8 +72,10 @@ def _split(category: Category, defect: str, shots: int | None) -> Split:
 
 
 def _check_train_config(config: ResolvedConfig, device: str) -> None:
-    # Ranges are checked by the config classes themselves (anogen/config/sections.py); what is left depends on
-    # the device this fit runs on.
+    # Ranges are checked by the config classes themselves (anogen/config/sections.py); what is left is fit's own
+    # policy (a LoRA to train) and what depends on the device this fit runs on.
+    if config.adapter.rank < 1:
+        raise InputError(f"adapter.rank must be at least 1 (got {config.adapter.rank})")
     if config.train.mixed_precision == "fp16" and not device.startswith("cuda"):
         raise InputError(
             f"--mixed-precision fp16 needs a CUDA GPU (this run is on {device})",
