@@ -137,7 +137,7 @@ def run_demo(
         on_notice (`Callable[[str], None]`, *optional*): called with one line when earlier outputs cannot be
             continued and are started over (logged as a warning when not given).
     """
-    from anogen.config import resolve
+    from anogen.config import BackboneConfig, ConfigRequest, resolve
     from anogen.data import read_category
     from anogen.errors import CompatibilityError
     from anogen.export import ExportConfig, export
@@ -179,7 +179,7 @@ def run_demo(
     result.timings["data"] = time.perf_counter() - started
 
     started = stage("backbone")
-    backbone = load_backbone(config.backbone)
+    backbone = load_backbone(BackboneConfig(id=config.backbone))
     result.timings["backbone"] = time.perf_counter() - started
 
     started = stage("prior")
@@ -221,12 +221,14 @@ def run_demo(
     result.timings["fit"] = time.perf_counter() - started
 
     started = stage("synth")
+    # The fit's own sample and mask sections, whole: the demo samples exactly as it trained for.
+    whole_sections = ConfigRequest(overrides={"sample": resolved.sample, "mask": resolved.mask})
     try:
-        synth = synthesize(paths["runs"], paths["synth"], resolved.sample, resolved.mask, progress=progress)
+        synth = synthesize(paths["runs"], paths["synth"], whole_sections, progress=progress)
     except CompatibilityError as exc:
         notice(f"cannot continue the samples in {paths['synth']} ({exc.message}); starting them over")
         _start_over(out, ("synth", "export-mvtec", "report.html", "report.png"))
-        synth = synthesize(paths["runs"], paths["synth"], resolved.sample, resolved.mask, progress=progress)
+        synth = synthesize(paths["runs"], paths["synth"], whole_sections, progress=progress)
     result.summary["synth"] = synth.to_dict()
     result.timings["synth"] = time.perf_counter() - started
 

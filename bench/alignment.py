@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anogen.config import resolve
+from anogen.config import BackboneConfig, ConfigRequest, resolve
 from anogen.data import read_category
 from anogen.eval.quality import alignment
 from anogen.fit import fit
@@ -56,7 +56,7 @@ def run(
     category_dir = make_category(out / "data", kind=kind, seed=seed)
     category = read_category(category_dir)
     build_prior(category, out / "prior")
-    backbone = load_backbone("toy")
+    backbone = load_backbone(BackboneConfig("toy"))
     results: dict = {"count": count, "seed": seed, "preset": preset, "fit_steps": steps, "defects": {}}
     for coupling in couplings:
         runs = out / f"runs-{coupling}"
@@ -73,7 +73,7 @@ def run(
         fit_s = time.perf_counter() - started
         started = time.perf_counter()
         synth = out / f"synth-{coupling}"
-        synthesize(runs, synth, config.sample, config.mask)
+        synthesize(runs, synth, ConfigRequest(overrides={"sample": config.sample, "mask": config.mask}))
         synth_s = time.perf_counter() - started
         for defect in defects:
             folder = synth / category.name / defect

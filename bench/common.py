@@ -142,11 +142,12 @@ def sd15_backbone(resolution: int = 512, seed: int = 0) -> Any:
 
 def toy_backbone() -> tuple[Any, str]:
     """The shipped ``toy`` backbone, or (while its asset is missing) the toy architecture with random weights."""
+    from anogen.config import BackboneConfig
     from anogen.errors import BackboneError
     from anogen.model.backbone import load_backbone
 
     try:
-        return load_backbone("toy"), "toy (shipped weights)"
+        return load_backbone(BackboneConfig("toy")), "toy (shipped weights)"
     except BackboneError:
         return random_toy_backbone(), "toy architecture, random weights (the toy asset was missing)"
 

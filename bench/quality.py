@@ -76,7 +76,7 @@ def _eval(data: Path, synth: Path, out_file: Path, steps: int, seed: int) -> dic
 
 def task_quality(args: dict[str, Any]) -> dict[str, Any]:
     """Fit + synth per coupling on toy data; alignment IoU per defect; the eval table; export vs copy."""
-    from anogen.config import resolve
+    from anogen.config import BackboneConfig, ConfigRequest, resolve
     from anogen.data import read_category
     from anogen.errors import InputError
     from anogen.eval.protocol import read_synth
@@ -103,7 +103,7 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
     logger.info("bench quality: data + prior in %.1f s", time.perf_counter() - started)
     source = args.get("backbone", "toy")
     try:
-        backbone = load_backbone(source)
+        backbone = load_backbone(BackboneConfig(source))
         backbone_note = f"{source} (shipped weights)" if source == "toy" else source
     except Exception as exc:  # the toy asset may not have landed: run the plumbing on random weights, say so
         logger.warning("bench quality: %s; using the toy architecture with random weights", exc)
@@ -136,7 +136,7 @@ def task_quality(args: dict[str, Any]) -> dict[str, Any]:
             result["couplings"][coupling] = entry
             continue
         t0 = time.perf_counter()
-        summary = synthesize(runs, synth, resolved.sample, resolved.mask)
+        summary = synthesize(runs, synth, ConfigRequest(overrides={"sample": resolved.sample, "mask": resolved.mask}))
         entry["synth_s"] = round(time.perf_counter() - t0, 1)
         entry["synth"] = summary.to_dict()
         try:

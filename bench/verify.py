@@ -245,6 +245,7 @@ def measure_sd15_cpu(normals: int = 3, queries: int = 1) -> dict[str, Any]:
 def main() -> None:
     import torch
 
+    from anogen.config import BackboneConfig
     from anogen.model.backbone import load_backbone
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,7 +256,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    backbone = load_backbone("toy")
+    backbone = load_backbone(BackboneConfig("toy"))
     config = VerifyConfig(mode="reject")
     load = os.getloadavg()
     results: dict[str, Any] = {"config": config.to_dict(), "load_before": load, "seeds": []}

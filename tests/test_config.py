@@ -137,3 +137,39 @@ def test_choose_preset_says_why() -> None:
     assert own.reason.startswith("no shipped preset for folder category 'widget'") and "unknown" in own.reason
     cloth = choose_preset("folder", "cloth", CategoryKind.TEXTURE)
     assert cloth.name == "generic/texture" and "marks it as texture" in cloth.reason
+
+
+def test_recorded_config_sits_under_the_preset(preset_root: Path, tmp_path: Path) -> None:
+    # defaults < recorded < preset < config file < flags: fields the preset does not set keep the recorded values
+    # (before, a preset replaced the recorded config whole, and these fell back to the defaults).
+    recorded = {"sample": {"guidance": 1.0, "steps": 77}, "mask": {"min_area": 9, "blur_sigma": 2.0}}
+    config = resolve("shop/widget", recorded=recorded)
+    assert (config.sample.guidance, config.sample.steps) == (7.0, 77)
+    assert (config.mask.min_area, config.mask.blur_sigma) == (5, 2.0)
+    file = tmp_path / "run.yaml"
+    file.write_text("sample: {steps: 12}\n")
+    config = resolve("shop/widget", file, {"mask": {"blur_sigma": 0.5}}, recorded=recorded)
+    assert (config.sample.steps, config.mask.blur_sigma) == (12, 0.5)
+    # fields a later anogen recorded are dropped, not refused
+    assert resolve(recorded={"sample": {"steps": 3, "from_the_future": 1}}).sample.steps == 3
+
+
+def test_range_checks_live_in_the_config_classes(tmp_path: Path) -> None:
+    from anogen.config import MaskConfig
+    from anogen.errors import InputError
+
+    with pytest.raises(InputError, match=r"mask\.threshold \(--threshold\) must lie in \[0, 1\]"):
+        MaskConfig(threshold=1.5)
+    with pytest.raises(InputError, match=r"sample\.steps \(--steps\) must be at least 1"):
+        SampleConfig(steps=0)
+    with pytest.raises(InputError, match=r"train\.save_dtype \(--save-dtype\) = 'int8'"):
+        TrainConfig(save_dtype="int8")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"train\.max_grad_norm \(--max-grad-norm\) must be >= 0"):
+        TrainConfig(max_grad_norm=-1.0)
+    assert TrainConfig(max_grad_norm=0).max_grad_norm is None  # 0: no clipping, recorded as null
+    # A count of 0 from a config file names the field, not a flag the user did not give.
+    file = tmp_path / "run.yaml"
+    file.write_text("sample: {count: 0}\n")
+    with pytest.raises(InputError, match=r"sample\.count \(--count\) = 0 asks for no samples") as caught:
+        resolve(config_file=file)
+    assert "--count 0" not in str(caught.value)

@@ -76,7 +76,7 @@ def test_derive_seed_depends_on_every_part() -> None:
 _WRITERS_SCRIPT = """
 import sys
 from pathlib import Path
-from anogen.config import resolve
+from anogen.config import ConfigRequest, resolve
 from anogen.data import read_category
 from anogen.export import ExportConfig, export
 from anogen.export.report import write_report
@@ -93,7 +93,8 @@ config = resolve(None, None, {
     "train": {"resolution": 32, "steps": 2, "checkpoint_every": 1, "validate_every": 1},
 })
 fit(category, config, root / "runs", prior_dir=root / "prior")
-synthesize(root / "runs", root / "synth", overrides={"sample": {"count": 1, "steps": 2, "max_attempts": 2}})
+synthesize(root / "runs", root / "synth",
+           ConfigRequest(overrides={"sample": {"count": 1, "steps": 2, "max_attempts": 2}}))
 remask(root / "synth", overrides={"threshold": 0.5})
 export([root / "synth"], ExportConfig(format="mvtec", out=root / "export", data=category.root))
 export([root / "synth"], ExportConfig(format="coco", out=root / "coco", data=category.root))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from anogen.config import AdapterConfig, SampleConfig, resolve
+from anogen.config import AdapterConfig, ConfigRequest, SampleConfig, resolve
 from anogen.fit import fit
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
@@ -194,7 +194,8 @@ def test_synth_changes_background_every_k_from_the_first_third(backbone, tmp_pat
                          "mask": {"threshold": "otsu", "max_area_fraction": 1.0, "min_area": 0}}}
     save_adapter(adapter, tmp_path / "runs" / "bottle" / "crack", record)
     out = tmp_path / "out"
-    synthesize(tmp_path / "runs", out, overrides={"sample": {"count": 6, "max_attempts": 6, "batch_size": 4}})
+    synthesize(tmp_path / "runs", out,
+               ConfigRequest(overrides={"sample": {"count": 6, "max_attempts": 6, "batch_size": 4}}))
     folder = out / "bottle" / "crack"
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 6

@@ -126,16 +126,17 @@ def test_unknown_recipe_is_refused() -> None:
 
 
 def test_synth_recipe_takes_the_fit_preset_under_that_recipe() -> None:
+    from anogen.config import ConfigRequest
     from anogen.records import AdapterRecord
-    from anogen.synth.jobs import configs_for
+    from anogen.synth.jobs import job_configs
 
     recorded = dataclasses.asdict(resolve("mvtec/screw").sample)
     record = AdapterRecord.from_dict({"preset": "mvtec/screw", "config": {"sample": recorded, "mask": {}}})
-    assert configs_for(record, None, None, None)[0].sampler == "pndm"
-    fast, _ = configs_for(record, None, None, {"sample": {"count": 5}}, "fast")
+    assert job_configs(record, ConfigRequest()).sample.sampler == "pndm"
+    fast = job_configs(record, ConfigRequest(overrides={"sample": {"count": 5}}, recipe="fast")).sample
     assert (fast.sampler, fast.steps, fast.guidance, fast.count) == ("dpmsolver++", 30, 2.5, 5)
     faster = AdapterRecord.from_dict({"preset": "mvtec/screw", "config": {"sample": dataclasses.asdict(fast)}})
-    back, _ = configs_for(faster, None, None, None, "reference")
+    back = job_configs(faster, ConfigRequest(recipe="reference")).sample
     assert (back.sampler, back.steps, back.guidance, back.bcm_reference_every) == ("pndm", 50, 1.2, 10)
 
 
@@ -169,4 +170,19 @@ def test_fit_cli_recipe_reaches_the_config(tmp_path: Path, monkeypatch: pytest.M
         assert seen["config"].train.save_dtype == "fp32" and seen["config"].train.max_grad_norm == expected
     assert resolve("generic/object").train.max_grad_norm == 1.0
     bad = CliRunner().invoke(app, ["fit", str(data), "--save-dtype", "int8"])
-    assert bad.exit_code == 2 and "--save-dtype" in bad.output
+    assert bad.exit_code == 2 and "unknown save dtype 'int8'" in bad.output
+
+
+def test_synth_preset_keeps_the_recorded_fields_it_does_not_set() -> None:
+    # defaults < the adapter's recorded config < --preset: before, --preset replaced the recorded config whole,
+    # so max_area_fraction (which toy/object does not set) fell back to the default 0.5.
+    from anogen.config import ConfigRequest
+    from anogen.records import AdapterRecord
+    from anogen.synth.jobs import job_configs
+
+    record = AdapterRecord.from_dict({"preset": "generic/object",
+                                      "config": {"mask": {"threshold": 0.2, "max_area_fraction": 0.3},
+                                                 "sample": {"negative_prompt": "blurry", "steps": 99}}})
+    resolved = job_configs(record, ConfigRequest(preset="toy/object"))
+    assert (resolved.mask.threshold, resolved.mask.max_area_fraction) == (0.4, 0.3)
+    assert (resolved.sample.steps, resolved.sample.negative_prompt) == (20, "blurry")

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from anogen.config import AdapterConfig, MaskConfig, SampleConfig
+from anogen.config import AdapterConfig, ConfigRequest, MaskConfig, SampleConfig
 from anogen.errors import CompatibilityError
 from anogen.model.adapter import save_adapter
 from anogen.model.backbone import build_tiny
@@ -181,7 +181,7 @@ def test_deterministic_across_runs_and_batch_sizes(runs, tmp_path, sampler):
     for name, batch in (("a", 2), ("b", 2), ("c", 3)):
         out = tmp_path / name
         sample = {"count": 4, "batch_size": batch, "sampler": sampler}
-        summary = synthesize(runs, out, overrides={"sample": sample})
+        summary = synthesize(runs, out, ConfigRequest(overrides={"sample": sample}))
         assert summary.defects[0].accepted == 4
         outs.append(tree_hashes(out))
     assert outs[0] == outs[1]  # the same command: byte-identical
@@ -200,10 +200,10 @@ def test_smaller_count_keeps_earlier_samples(runs, tmp_path):
     from anogen.records.manifest import result_rows
 
     out = tmp_path / "out"
-    synthesize(runs, out, overrides={"sample": {"count": 4, "batch_size": 4}})
+    synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 4, "batch_size": 4}}))
     folder = out / "bottle" / "crack"
     before = tree_hashes(folder)
-    summary = synthesize(runs, out, overrides={"sample": {"count": 2}})
+    summary = synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 2}}))
     assert summary.defects[0].generated == 0 and summary.defects[0].accepted == 2
     assert tree_hashes(folder) == before  # nothing of the larger result is deleted
     samples = read_synth_folder(folder).samples
@@ -214,8 +214,8 @@ def test_smaller_count_keeps_earlier_samples(runs, tmp_path):
 def test_rejected_attempts_recorded_and_exhausted(runs, tmp_path):
     out = tmp_path / "out"
     # max_area_fraction 0 rejects every non-empty mask: nothing can be accepted
-    summary = synthesize(runs, out, overrides={"sample": {"count": 2, "max_attempts": 3},
-                                               "mask": {"max_area_fraction": 0.0}})
+    summary = synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 2, "max_attempts": 3},
+                                               "mask": {"max_area_fraction": 0.0}}))
     d = summary.defects[0]
     assert d.exhausted and d.accepted == 0 and d.attempts == 3
     rows = read_rows(out / "bottle" / "crack" / "manifest.jsonl")
@@ -228,7 +228,7 @@ def test_rejected_attempts_recorded_and_exhausted(runs, tmp_path):
 
 def test_remask_then_top_up(runs, tmp_path):
     out = tmp_path / "out"
-    synthesize(runs, out, overrides={"sample": {"count": 4}})
+    synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 4}}))
     folder = out / "bottle" / "crack"
     rows = read_rows(folder / "manifest.jsonl")
     areas = sorted(r["mask_area"] for r in rows)
@@ -239,7 +239,7 @@ def test_remask_then_top_up(runs, tmp_path):
     assert sum(r["accepted"] for r in rows) == 2
     assert json.loads((folder / "run.json").read_text())["mask"]["max_area_fraction"] == limit
     # the same synth command tops up with the folder's new mask settings
-    summary = synthesize(runs, out, overrides={"sample": {"count": 4}})
+    summary = synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 4}}))
     rows = read_rows(folder / "manifest.jsonl")
     assert summary.defects[0].accepted == 4
     assert sum(r["accepted"] for r in rows) == 4 and all(
@@ -247,21 +247,21 @@ def test_remask_then_top_up(runs, tmp_path):
     )
     # asking for other mask settings on an existing output is refused
     with pytest.raises(CompatibilityError, match="mask settings"):
-        synthesize(runs, out, overrides={"sample": {"count": 4}, "mask": {"threshold": 0.3}})
+        synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 4}, "mask": {"threshold": 0.3}}))
 
 
 def test_refuses_other_generation_settings_and_backbone(runs, backbone, tmp_path):
     out = tmp_path / "out"
-    synthesize(runs, out, overrides={"sample": {"count": 1}})
+    synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 1}}))
     with pytest.raises(CompatibilityError, match="steps"):
-        synthesize(runs, out, overrides={"sample": {"count": 2, "steps": 4}})
+        synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 2, "steps": 4}}))
     other = make_runs(tmp_path / "other", build_tiny(seed=1))
     record = json.loads((other / "bottle" / "crack" / "adapter.json").read_text())
     record["backbone"] = {"source": "tiny", "content_hash": "0" * 64}  # made for a backbone we cannot load
     (other / "bottle" / "crack" / "adapter.json").write_text(json.dumps(record))
     make_runs(other, backbone, category="aaa")  # a good adapter, found (and so processed) first
     with pytest.raises(CompatibilityError, match="backbone"):
-        synthesize(other, tmp_path / "out2", overrides={"sample": {"count": 1}})
+        synthesize(other, tmp_path / "out2", ConfigRequest(overrides={"sample": {"count": 1}}))
     assert not list((tmp_path / "out2").rglob("*.png"))  # nothing generated, not even for the good adapter
 
 
@@ -271,9 +271,10 @@ _SCRIPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
+    from anogen.config import ConfigRequest
     from anogen.synth import synthesize
-    synthesize(Path(sys.argv[1]), Path(sys.argv[2]),
-               overrides={"sample": {"count": int(sys.argv[3]), "batch_size": int(sys.argv[4])}}, device="cpu")
+    flags = {"sample": {"count": int(sys.argv[3]), "batch_size": int(sys.argv[4])}}
+    synthesize(Path(sys.argv[1]), Path(sys.argv[2]), ConfigRequest(overrides=flags), device="cpu")
     """
 )
 
@@ -287,7 +288,7 @@ def _env(**extra: str) -> dict[str, str]:
 def test_resume_after_kill_matches_uninterrupted(runs, tmp_path):
     count = 6
     reference = tmp_path / "ref"
-    synthesize(runs, reference, overrides={"sample": {"count": count, "batch_size": 1}})
+    synthesize(runs, reference, ConfigRequest(overrides={"sample": {"count": count, "batch_size": 1}}))
     out = tmp_path / "killed"
     manifest = out / "bottle" / "crack" / "manifest.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(runs), str(out), str(count), "1"], env=_env())
@@ -309,7 +310,7 @@ def test_resume_after_kill_matches_uninterrupted(runs, tmp_path):
     stray = out / "bottle" / "crack" / "image" / f"{done:06d}.png"
     stray.write_bytes(b"half a png")
     (out / "bottle" / "crack" / "part" / ".000005.png.abc.tmp").write_bytes(b"x")
-    synthesize(runs, out, overrides={"sample": {"count": count, "batch_size": 2}})
+    synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": count, "batch_size": 2}}))
     assert_same_outputs(out, reference)
     assert not stray.read_bytes().startswith(b"half")
 
@@ -323,7 +324,7 @@ def _free_port() -> int:
 def test_two_processes_match_one(runs, tmp_path):
     count = 5
     reference = tmp_path / "one"
-    synthesize(runs, reference, overrides={"sample": {"count": count, "batch_size": 2}})
+    synthesize(runs, reference, ConfigRequest(overrides={"sample": {"count": count, "batch_size": 2}}))
     out = tmp_path / "two"
     port = str(_free_port())
     procs = [
@@ -341,7 +342,7 @@ def test_two_processes_match_one(runs, tmp_path):
 
 def test_mask_config_from_adapter_record(backbone, tmp_path):
     runs = make_runs(tmp_path / "runs", backbone, perturb=0.3, mask={"threshold": 0.9, "min_area": 1})
-    summary = synthesize(runs, tmp_path / "out", overrides={"sample": {"count": 1, "max_attempts": 2}})
+    summary = synthesize(runs, tmp_path / "out", ConfigRequest(overrides={"sample": {"count": 1, "max_attempts": 2}}))
     run = json.loads((tmp_path / "out" / "bottle" / "crack" / "run.json").read_text())
     assert run["mask"]["threshold"] == 0.9 and run["sample"]["steps"] == 3
     assert summary.defects[0].attempts >= 1
@@ -390,8 +391,8 @@ def test_bcm_and_on_object_only(backbone, tmp_path):
               "config": {"sample": {"steps": 2}, "mask": {"threshold": "otsu", "max_area_fraction": 0.9}}}
     save_adapter(adapter, tmp_path / "runs" / "bottle" / "crack", record)
     out = tmp_path / "out"
-    summary = synthesize(tmp_path / "runs", out, overrides={"sample": {"count": 3, "max_attempts": 6},
-                                                             "mask": {"on_object_only": True}})
+    summary = synthesize(tmp_path / "runs", out, ConfigRequest(overrides={"sample": {"count": 3, "max_attempts": 6},
+                                                             "mask": {"on_object_only": True}}))
     folder = out / "bottle" / "crack"
     rows = read_rows(folder / "manifest.jsonl")
     assert [r["reference"] for r in rows] == [f"train/{i % 2:03d}" for i in range(len(rows))]
@@ -455,7 +456,7 @@ def test_progress_counts_are_the_manifests(runs, tmp_path):
     past the count-th accepted one are cut from the manifest, so progress must not count them as rejected."""
     events = []
     probe = tmp_path / "probe"
-    synthesize(runs, probe, overrides={"sample": {"count": 8, "batch_size": 8, "max_attempts": 8}})
+    synthesize(runs, probe, ConfigRequest(overrides={"sample": {"count": 8, "batch_size": 8, "max_attempts": 8}}))
     areas = {r["id"]: r["mask_area"] for r in read_rows(probe / "bottle" / "crack" / "manifest.jsonl")}
     assert len(areas) == 8
     # A mask-area limit that rejects some attempt after an accepted one, within the one batch of 8.
@@ -467,8 +468,8 @@ def test_progress_counts_are_the_manifests(runs, tmp_path):
     else:
         pytest.skip("no mask-area limit rejects an attempt after an accepted one in these 8 attempts")
     out = tmp_path / "out"
-    summary = synthesize(runs, out, overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
-                                               "mask": {"max_area_fraction": limit}}, progress=events.append)
+    summary = synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
+                                               "mask": {"max_area_fraction": limit}}), progress=events.append)
     rows = read_rows(out / "bottle" / "crack" / "manifest.jsonl")
     in_manifest = sum(not r["accepted"] for r in rows)
     assert [r["id"] for r in rows][-1] == accepted[0]  # the manifest ends at the first accepted attempt
@@ -478,8 +479,8 @@ def test_progress_counts_are_the_manifests(runs, tmp_path):
     assert summary.defects[0].attempts == len(rows)
     # A rerun (nothing left to do) reports the same counts, from the manifest.
     events.clear()
-    synthesize(runs, out, overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
-                                     "mask": {"max_area_fraction": limit}},
+    synthesize(runs, out, ConfigRequest(overrides={"sample": {"count": 1, "batch_size": 8, "max_attempts": 8},
+                                     "mask": {"max_area_fraction": limit}}),
                progress=events.append)
     assert [(e.completed, e.info["rejected"]) for e in events] == [(1, in_manifest)]
 
@@ -507,8 +508,9 @@ def test_progress_counts_with_two_ranks_are_the_merged_manifests(runs, tmp_path,
 
     def rank(r: int) -> None:
         try:
-            synthesize(runs, tmp_path / "out", overrides=overrides, dist=Dist(rank=r, world=2, barrier=barrier.wait),
-                       device="cpu", progress=events.append if r == 0 else None)
+            synthesize(runs, tmp_path / "out", ConfigRequest(overrides=overrides),
+                       dist=Dist(rank=r, world=2, barrier=barrier.wait), device="cpu",
+                       progress=events.append if r == 0 else None)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
             barrier.abort()

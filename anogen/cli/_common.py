@@ -69,24 +69,25 @@ MaskThresholdOpt = Annotated[
     typer.Option("--threshold", help="Mask threshold: distance from grey on a 0-1 scale (e.g. 0.12), or otsu."),
 ]
 OnObjectOpt = Annotated[
-    bool, typer.Option("--on-object-only", help="Reject masks lying mostly off the object (needs a prior).")
+    bool | None,
+    typer.Option(
+        "--on-object-only/--no-on-object-only",
+        help="Reject masks lying mostly off the object (needs a prior).",
+    ),
 ]
 
 
 def parse_mask_threshold(value: str | None) -> float | Literal["otsu"] | None:
-    """``--threshold`` of ``synth`` and ``mask``: ``"otsu"`` or a distance from grey in [0, 1]; ``None`` when the
-    flag was not given."""
+    """``--threshold`` of ``synth`` and ``mask``: ``"otsu"`` or a number (a distance from grey; ``MaskConfig``
+    checks that it lies in [0, 1]); ``None`` when the flag was not given."""
     if value is None:
         return None
     if value.strip().lower() == "otsu":
         return "otsu"
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise InputError(f"--threshold takes a number in [0, 1] or otsu (got {value!r})") from None
-    if not 0.0 <= number <= 1.0:
-        raise InputError(f"--threshold must lie in [0, 1] (distance from grey), got {number}")
-    return number
 
 
 def parse_object_threshold(text: str) -> float | Literal["otsu"]:

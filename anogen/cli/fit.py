@@ -142,20 +142,14 @@ def fit_command(
 ) -> None:
     """Train one adapter per defect type: the whole image and its defect alone on grey, learnt together."""
     from anogen import fit as fitting
-    from anogen.config import preset_for, preset_line, resolve
+    from anogen.config import ConfigRequest, preset_line
     from anogen.data import read_category
-    from anogen.model.spec import resolution_for_backbone
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
     if parallel not in ("auto", "defects", "data"):
         raise InputError(f"--parallel takes auto, defects or data (got {parallel!r})")
     bcm_value = _on_off(bcm, "--bcm")
-    if save_dtype is not None and save_dtype not in ("fp16", "fp32"):
-        raise InputError(f"--save-dtype takes fp16 or fp32 (got {save_dtype!r})")
-    if max_grad_norm is not None and max_grad_norm < 0:
-        raise InputError(f"--max-grad-norm must be >= 0 (got {max_grad_norm})")
     cat = read_category(data, category=category, dataset_format=dataset_format)
-    preset_name = preset or preset_for(cat.dataset_format, cat.name, cat.kind)
     overrides: dict[str, dict[str, Any]] = {
         "backbone": {"id": backbone},
         "adapter": {"coupling": coupling, "bcm": bcm_value, "rank": rank},
@@ -172,21 +166,18 @@ def fit_command(
             "checkpoint_every": checkpoint_every,
             "validate_every": validate_every,
             "seed": seed,
+            # 0 means "no clipping" (TrainConfig records it as null); None falls through to the preset's value.
+            "max_grad_norm": max_grad_norm,
         },
     }
-    if max_grad_norm == 0:
-        # 0 means "no clipping"; None would fall through to the preset's value
-        from dataclasses import replace
-
-        resolved = resolve(preset_name, config, overrides, recipe=recipe)
-        resolved = replace(resolved, train=replace(resolved.train, max_grad_norm=None))
-    else:
-        overrides["train"]["max_grad_norm"] = max_grad_norm
-        resolved = resolve(preset_name, config, overrides, recipe=recipe)
+    # Resolved by the library, once: the preset chosen for the category when none is given, then the flags.
+    request = ConfigRequest(preset=preset, config_file=config, overrides=overrides, recipe=recipe)
+    resolved = fitting.fit_config(cat, request)
+    preset_name = resolved.preset
     main_process = is_main_process()
     if main_process:
         out_.info(escape(preset_line(resolved)))
-    resolved, notice = resolution_for_backbone(resolved, resolution_given=resolution is not None, config_file=config)
+    resolved, notice = fitting.fit_resolution(resolved, request)
     if notice and main_process:
         out_.warn(escape(notice))
     kwargs: dict[str, Any] = {

@@ -41,7 +41,7 @@ def mask_command(
     max_area_fraction: Annotated[
         float | None, typer.Option("--max-area-fraction", help="Reject masks covering more of the image.")
     ] = None,
-    on_object_only: OnObjectOpt = False,
+    on_object_only: OnObjectOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -56,7 +56,7 @@ def mask_command(
         "close_radius": close_radius,
         "min_area": min_area,
         "max_area_fraction": max_area_fraction,
-        "on_object_only": True if on_object_only else None,
+        "on_object_only": on_object_only,
     }
     with out_.progress() as display:
         summary = remask(synth, overrides=overrides, progress=display)

@@ -80,7 +80,7 @@ def synth_command(
         str | None, typer.Option("--mixed-precision", help="no | fp16 | bf16 (GPU only; ignored on CPU).")
     ] = None,
     threshold: MaskThresholdOpt = None,
-    on_object_only: OnObjectOpt = False,
+    on_object_only: OnObjectOpt = None,
     verify: VerifyOpt = None,
     min_alignment: MinAlignmentOpt = None,
     max_background: MaxBackgroundOpt = None,
@@ -95,7 +95,7 @@ def synth_command(
 ) -> None:
     """Generate COUNT accepted (image, part, mask) triples per defect type; resumable, deterministic by seed."""
     from anogen import synth as synth_lib
-    from anogen.config import resolve
+    from anogen.config import ConfigRequest
 
     main_process = is_main_process()
     # Under a launcher only rank 0 talks; the others would print the same progress again.
@@ -111,27 +111,20 @@ def synth_command(
             "max_attempts": max_attempts,
             "mixed_precision": mixed_precision,
         },
-        "mask": {"threshold": parse_mask_threshold(threshold), "on_object_only": True if on_object_only else None},
+        "mask": {"threshold": parse_mask_threshold(threshold), "on_object_only": on_object_only},
         "verify": verify_overrides(verify, min_alignment, max_background, min_copy_distance),
     }
-    sample_cfg = mask_cfg = verify_cfg = None
-    if preset is not None or config is not None:
-        resolved = resolve(preset, config, overrides, recipe=recipe)
-        sample_cfg, mask_cfg, verify_cfg = resolved.sample, resolved.mask, resolved.verify
+    # Resolved by the library, once per adapter, over the configs that adapter recorded at fit.
+    request = ConfigRequest(preset=preset, config_file=config, overrides=overrides, recipe=recipe)
     if dry_run:
-        jobs = synth_lib.prepare_jobs(
-            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, verify=verify_cfg
-        )
+        jobs = synth_lib.prepare_jobs(runs, out, request)
         synth_lib.check_backbones(jobs)  # what the real run checks before it loads weights
         entries = synth_lib.plan(jobs)
         if main_process:
             _print_plan(out_, entries)
         return
     with out_.progress() as display:
-        summary = synth_lib.synthesize(
-            runs, out, sample_cfg, mask_cfg, overrides=overrides, recipe=recipe, progress=display, device=device,
-            verify=verify_cfg,
-        )
+        summary = synth_lib.synthesize(runs, out, request, progress=display, device=device)
     if not main_process:
         return
     out_.emit_json(summary.to_dict())

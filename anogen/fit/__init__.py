@@ -23,12 +23,14 @@ Several processes (``accelerate launch``) split the work in one of two ways (``p
   with an explicit all-reduce, the main process writes every file.
 
 Its modules, one concern each (they import each other directly, never through this package):
-``results`` (plan and result records), ``plan`` (planning, input checks), ``resume`` (resume checks),
+``config`` (the request resolved once for the category), ``results`` (plan and result records), ``plan``
+(planning, input checks), ``resume`` (resume checks),
 ``estimate`` (time, parameters, memory), ``data`` (training images, flips, latent cache), ``step`` (batch draw,
 pair loss), ``checkpoints``, ``validation`` and ``loop`` (``fit`` itself, logs, the adapter record).
 """
 
 from anogen.fit.checkpoints import load_checkpoint, save_checkpoint
+from anogen.fit.config import config_for_fit, fit_config, fit_resolution
 from anogen.fit.data import (
     LatentCache,
     TrainingImages,
@@ -59,12 +61,15 @@ __all__ = [
     "TrainingImages",
     "build_latent_cache",
     "check_resume",
+    "config_for_fit",
     "dihedral_variants",
     "draw_batch",
     "encode_latents",
     "estimate_fit_seconds",
     "estimate_peak_bytes",
     "fit",
+    "fit_config",
+    "fit_resolution",
     "load_checkpoint",
     "load_training_images",
     "measured_s_per_step",

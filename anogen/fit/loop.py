@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anogen import __version__
-from anogen.config import ResolvedConfig
+from anogen.config import ConfigRequest, ResolvedConfig
 from anogen.data.model import Category
 from anogen.errors import DataError
 from anogen.fit.checkpoints import load_checkpoint, save_checkpoint
+from anogen.fit.config import config_for_fit
 from anogen.fit.data import build_latent_cache, load_training_images
 from anogen.fit.plan import ParallelMode, _background_sources, plan_fit
 from anogen.fit.results import DefectPlan, FitPlan, FitResult
@@ -66,20 +67,11 @@ def _make_accelerator(config: ResolvedConfig) -> Accelerator:
     )
 
 
-def _load_backbone(config: ResolvedConfig) -> Backbone:
-    from anogen.model.backbone import load_backbone
-
-    return load_backbone(
-        config.backbone.id,
-        cache_dir=config.backbone.cache_dir,
-        revision=config.backbone.revision,
-        seed=config.backbone.seed,
-    )
 
 
 def fit(
     category: Category,
-    config: ResolvedConfig,
+    config: ResolvedConfig | ConfigRequest,
     out: str | Path,
     *,
     defects: Sequence[str] | None = None,
@@ -96,7 +88,8 @@ def fit(
 
     Args:
         category (`Category`): as returned by ``anogen.data.read_category``.
-        config (`ResolvedConfig`): from ``anogen.config.resolve``; ``train`` sets the loop, ``adapter`` the model.
+        config (`ResolvedConfig | ConfigRequest`): from ``anogen.config.resolve``, or a request that
+            :func:`anogen.fit.fit_config` resolves for ``category``; ``train`` sets the loop, ``adapter`` the model.
         out (`str | Path`): the runs root.
         defects (`Sequence[str]`, *optional*): defect types to train; all by default.
         prior_dir (`str | Path`, *optional*): ``anogen prior`` output; required when ``config.adapter.bcm``.
@@ -119,6 +112,7 @@ def fit(
     Raises:
         InputError: bad input, before any training (see :func:`plan_fit`).
     """
+    config = config_for_fit(category, config)
     accelerator = accelerator or _make_accelerator(config)
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -137,7 +131,10 @@ def fit(
     if on_plan is not None:
         on_plan(plan)
     own_backbone = backbone is None
-    backbone = backbone or _load_backbone(config)
+    if backbone is None:
+        from anogen.model.backbone import load_backbone
+
+        backbone = load_backbone(config.backbone)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.train.mixed_precision, torch.float32)
     original_dtype = next(backbone.unet.parameters()).dtype
     original_device = next(backbone.unet.parameters()).device

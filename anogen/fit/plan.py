@@ -67,21 +67,11 @@ def _split(category: Category, defect: str, shots: int | None) -> Split:
 
 
 def _check_train_config(config: ResolvedConfig, device: str) -> None:
-    train = config.train
-    for name in ("steps", "batch_size", "gradient_accumulation", "resolution"):
-        if getattr(train, name) < 1:
-            raise InputError(f"train.{name} must be at least 1 (got {getattr(train, name)})")
-    if not train.learning_rate > 0:
-        raise InputError(f"train.learning_rate must be positive (got {train.learning_rate})")
+    # Ranges are checked by the config classes themselves (anogen/config/sections.py); what is left is fit's own
+    # policy (a LoRA to train) and what depends on the device this fit runs on.
     if config.adapter.rank < 1:
         raise InputError(f"adapter.rank must be at least 1 (got {config.adapter.rank})")
-    if train.max_grad_norm is not None and not train.max_grad_norm > 0:
-        raise InputError(f"train.max_grad_norm must be positive, or null for no clipping (got {train.max_grad_norm})")
-    for name in ("saim_width", "bcm_width"):
-        width = getattr(config.adapter, name)
-        if width is not None and width < 1:
-            raise InputError(f"adapter.{name} must be at least 1, or null for the module's width (got {width})")
-    if train.mixed_precision == "fp16" and not device.startswith("cuda"):
+    if config.train.mixed_precision == "fp16" and not device.startswith("cuda"):
         raise InputError(
             f"--mixed-precision fp16 needs a CUDA GPU (this run is on {device})",
             hint="use --mixed-precision bf16 or no on the CPU",
@@ -150,8 +140,7 @@ def plan_fit(
     if prior is not None and not prior.exists() and not prior_pending:
         raise InputError(f"prior folder {prior} does not exist", hint="run `anogen prior DATA --out DIR` first")
     # The same description load_backbone starts from: a misspelt or missing backbone stops here, dry run or not.
-    described = describe_backbone(config.backbone.id, cache_dir=config.backbone.cache_dir,
-                                  revision=config.backbone.revision)
+    described = describe_backbone(config.backbone)
     configs = described.configs
     multiple = described.resolution_multiple
     if multiple is not None and config.train.resolution % multiple:

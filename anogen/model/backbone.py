@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from anogen.config import BackboneConfig
+
 logger = logging.getLogger(__name__)
 
 # COMPONENTS, WEIGHT_COMPONENTS and TOY_DIR live in anogen.model.spec (no torch) and are re-exported here.
@@ -175,34 +177,29 @@ def build_tiny(seed: int = 0, resolution: int = 32) -> Backbone:
 
 
 def load_backbone(
-    spec: str = "toy",
+    config: BackboneConfig,
     *,
-    cache_dir: str | None = None,
-    revision: str | None = None,
-    seed: int = 0,
     device: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Backbone:
-    """Load a backbone by name, folder or hub id.
+    """Load the backbone a :class:`~anogen.config.BackboneConfig` describes: a name, a folder or a hub id.
 
     Args:
-        spec (`str`): ``tiny``, ``toy``, a local diffusers folder, or a hub id (``org/name``).
-        cache_dir (`str`, *optional*): hub cache; ``HF_HUB_OFFLINE=1`` makes a missing snapshot an error
-            instead of a download.
-        revision (`str`, *optional*): hub revision.
-        seed (`int`, defaults to 0): seed of ``tiny``.
+        config (`BackboneConfig`): ``id`` (``tiny``, ``toy``, a local diffusers folder, or a hub id
+            ``org/name``), ``cache_dir`` (hub cache; ``HF_HUB_OFFLINE=1`` makes a missing snapshot an error
+            instead of a download), ``revision`` (hub revision) and ``seed`` (of ``tiny``).
         device, dtype: where to put the weights.
     """
     # One description for the dry run and the real run: both stop on the same error before any weight is read.
-    description = describe_backbone(spec, cache_dir=cache_dir, revision=revision)
+    description = describe_backbone(config)
     if description.kind == "tiny":
-        backbone = build_tiny(seed)
+        backbone = build_tiny(config.seed)
     elif description.kind == "hub":
-        folder = _snapshot(spec, cache_dir=cache_dir, revision=revision)
-        backbone = load_folder(folder, source=spec)
+        folder = _snapshot(config.id, cache_dir=config.cache_dir, revision=config.revision)
+        backbone = load_folder(folder, source=config.id)
     else:
         assert description.folder is not None
-        backbone = load_folder(description.folder, source=str(spec))
+        backbone = load_folder(description.folder, source=str(config.id))
     if device is not None or dtype is not None:
         backbone.to(device=device, dtype=dtype)
     return backbone

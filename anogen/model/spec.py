@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from anogen.errors import BackboneError
 
 if TYPE_CHECKING:
-    from anogen.config import ResolvedConfig
+    from anogen.config import BackboneConfig, ResolvedConfig
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
@@ -85,13 +85,12 @@ class BackboneDescription:
         }
 
 
-def describe_backbone(spec: str, *, cache_dir: str | None = None, revision: str | None = None) -> BackboneDescription:
-    """Resolve a backbone spec and check it as far as the disk allows, loading no weights.
+def describe_backbone(config: BackboneConfig) -> BackboneDescription:
+    """Resolve a backbone and check it as far as the disk allows, loading no weights.
 
     Args:
-        spec (`str`): ``tiny``, ``toy``, a local diffusers folder, or a hub id (``org/name``).
-        cache_dir (`str`, *optional*): the hub cache to look in.
-        revision (`str`, *optional*): hub revision.
+        config (`BackboneConfig`): ``id`` is ``tiny``, ``toy``, a local diffusers folder, or a hub id
+            (``org/name``); ``cache_dir`` and ``revision`` say where and which snapshot of a hub id to look for.
 
     Returns:
         `BackboneDescription`: ``configs`` is ``None`` only for a hub id that is not in the local cache.
@@ -100,6 +99,7 @@ def describe_backbone(spec: str, *, cache_dir: str | None = None, revision: str 
         BackboneError: a misspelt name, a folder that does not exist or lacks a component or ``.safetensors``
             weights, a missing toy asset, or (with ``HF_HUB_OFFLINE=1``) a hub id that is not cached.
     """
+    spec, cache_dir, revision = config.id, config.cache_dir, config.revision
     if spec == "tiny":
         from anogen.model.small_configs import tiny_configs
 
@@ -231,15 +231,17 @@ def resolution_for_backbone(
     Returns:
         `(ResolvedConfig, str | None)`: the config to train with and a one-line notice (``None``: unchanged).
     """
-    from anogen.config import read_yaml_mapping, resolve
+    from anogen.config import BackboneConfig, load_preset_raw, read_yaml_mapping
 
     if config_file is not None and "resolution" in (read_yaml_mapping(config_file).get("train") or {}):
         resolution_given = True
-    preset_backbone = resolve(config.preset).backbone.id if config.preset else None
+    # The backbone the preset names (a lookup, not a resolve: the run's config is already resolved).
+    preset_backbone = None
+    if config.preset:
+        preset_backbone = (load_preset_raw(config.preset).get("backbone") or {}).get("id", BackboneConfig.id)
     if resolution_given or config.backbone.id == preset_backbone:
         return config, None  # nothing to decide; the backbone is described (and checked) by the plan
-    described = describe_backbone(config.backbone.id, cache_dir=config.backbone.cache_dir,
-                                  revision=config.backbone.revision)
+    described = describe_backbone(config.backbone)
     return follow_native_resolution(
         config, described, preset_backbone=preset_backbone, resolution_given=resolution_given
     )

@@ -24,9 +24,11 @@ Modules (each imports its siblings directly, never through this package):
 - :mod:`anogen.synth.sampling`: the denoising loop (:func:`sample_pairs`), step noise, VAE encoding and decoding;
 - :mod:`anogen.synth.bcm`: which background each attempt uses and what BCM's reference pass sees;
 - :mod:`anogen.synth.references`: the category's real normal images (:class:`References`);
-- :mod:`anogen.synth.jobs`: :class:`Job`, its effective configs and the resume checks (:func:`prepare_jobs`);
+- :mod:`anogen.synth.jobs`: :class:`Job`, its effective configs (:func:`job_configs`, the one resolve per adapter)
+  and the resume checks (:func:`prepare_jobs`);
 - :mod:`anogen.synth.plan`: the dry-run :func:`plan`;
-- :mod:`anogen.synth.backbones`: :func:`check_backbones` and :func:`load_backbone_for`;
+- :mod:`anogen.synth.backbones`: the backbone a record names (:func:`recorded_backbone`), :func:`check_backbones`
+  and :class:`BackboneCache`;
 - :mod:`anogen.synth.writing`: each attempt's files and row, ``run.json``, :func:`finalize`;
 - :mod:`anogen.synth.summary`: :class:`SynthSummary` and :class:`DefectSummary`;
 - :mod:`anogen.synth.run`: :func:`synthesize`, the per-job loop, waiting for slower ranks;
@@ -36,9 +38,9 @@ Rank and world size come from :mod:`anogen.dist`. Importing this package imports
 CLI imports it only inside its commands.
 """
 
-from anogen.synth.backbones import check_backbones, load_backbone_for
+from anogen.synth.backbones import BackboneCache, check_backbones, recorded_backbone
 from anogen.synth.bcm import encode_grey, noised_references, pool_size, reference_index
-from anogen.synth.jobs import GENERATION_FIELDS, REMASK_MARKER, Job, prepare_jobs
+from anogen.synth.jobs import GENERATION_FIELDS, REMASK_MARKER, Job, job_configs, prepare_jobs, recorded_sections
 from anogen.synth.plan import plan
 from anogen.synth.references import References, load_references
 from anogen.synth.remask import RemaskSummary, remask
@@ -51,6 +53,7 @@ __all__ = [
     "GENERATION_FIELDS",
     "REMASK_MARKER",
     "STOCHASTIC_SAMPLERS",
+    "BackboneCache",
     "DefectSummary",
     "Job",
     "References",
@@ -60,12 +63,14 @@ __all__ = [
     "encode_backgrounds",
     "encode_grey",
     "finalize",
-    "load_backbone_for",
+    "job_configs",
     "load_references",
     "noised_references",
     "plan",
     "pool_size",
     "prepare_jobs",
+    "recorded_backbone",
+    "recorded_sections",
     "reference_index",
     "remask",
     "sample_pairs",

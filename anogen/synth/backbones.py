@@ -1,11 +1,12 @@
-"""Backbones of a synth run: the checks every adapter's recorded backbone passes before weights load, and loading
-(one at a time, cached) the backbone an adapter or run record names. No torch at import."""
+"""Backbones of a synth run: the backbone each adapter record names, the checks every one passes before weights
+load, and loading them one at a time (:class:`BackboneCache`). No torch at import."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from anogen.config import BackboneConfig
 from anogen.errors import CompatibilityError
 
 if TYPE_CHECKING:
@@ -16,32 +17,40 @@ if TYPE_CHECKING:
     from anogen.synth.jobs import Job
 
 
-def load_backbone_for(
-    record: AdapterRecord | RunRecord, cache: dict[tuple[str, str], Backbone], device: torch.device | str
-) -> Backbone:
-    """The backbone an ``adapter.json`` (or a synth folder's ``run.json``) names, loaded on ``device``.
-
-    ``cache`` holds at most one backbone, keyed by (source, content hash): a run over several adapters of one
-    backbone loads it once, and one of another backbone first moves the cached one to the CPU and drops it.
-    """
-    from anogen.model.backbone import load_backbone
-
+def recorded_backbone(record: AdapterRecord | RunRecord) -> tuple[BackboneConfig, str]:
+    """The backbone an ``adapter.json`` (or a synth folder's ``run.json``) names, and the content hash it recorded
+    (``""`` when none): the source it was loaded from, with the hub settings of its recorded ``backbone`` section.
+    The one place synth reads a record's backbone."""
     made_for = record.backbone
-    source = str(made_for.source or "")
-    key = (source, str(made_for.content_hash))
-    if key not in cache:
-        for other in cache.values():
-            other.to("cpu")
-        bb_cfg = record.config.get("backbone") or {}
-        cache.clear()
-        cache[key] = load_backbone(
-            source,
-            cache_dir=bb_cfg.get("cache_dir"),
-            revision=bb_cfg.get("revision"),
-            seed=int(bb_cfg.get("seed", 0) or 0),
-            device=str(device),
-        )
-    return cache[key]
+    settings = record.config.get("backbone") or {}
+    config = BackboneConfig(
+        id=str(made_for.source or ""),
+        revision=settings.get("revision"),
+        cache_dir=settings.get("cache_dir"),
+        seed=int(settings.get("seed", 0) or 0),
+    )
+    return config, str(made_for.content_hash or "")
+
+
+class BackboneCache:
+    """Holds at most one loaded backbone: a run over several adapters of one backbone loads it once, and one of
+    another backbone first moves the held one to the CPU and drops it."""
+
+    def __init__(self) -> None:
+        self._config: BackboneConfig | None = None
+        self._backbone: Backbone | None = None
+
+    def get(self, config: BackboneConfig, device: torch.device | str) -> Backbone:
+        """The backbone ``config`` describes, loaded on ``device`` (or the one already held)."""
+        from anogen.model.backbone import load_backbone
+
+        if self._backbone is None or self._config != config:
+            if self._backbone is not None:
+                self._backbone.to("cpu")
+            self._backbone = None
+            self._backbone = load_backbone(config, device=str(device))
+            self._config = config
+        return self._backbone
 
 
 def check_backbones(jobs: Sequence[Job]) -> None:
@@ -51,11 +60,9 @@ def check_backbones(jobs: Sequence[Job]) -> None:
     from anogen.model.spec import describe_backbone
 
     for job in jobs:
-        made_for = job.record.backbone
-        if not made_for.source or not made_for.content_hash:
+        if not job.backbone.id or not job.backbone_hash:
             raise CompatibilityError(
                 f"{job.adapter_dir / 'adapter.json'}: records no backbone (source and content_hash)",
                 hint="refit it with this version of anogen",
             )
-        bb_cfg = job.record.config.get("backbone") or {}
-        describe_backbone(str(made_for.source), cache_dir=bb_cfg.get("cache_dir"), revision=bb_cfg.get("revision"))
+        describe_backbone(job.backbone)

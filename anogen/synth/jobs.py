@@ -4,17 +4,17 @@ output folder is safe; all before any model is loaded. No torch."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anogen.config import MaskConfig, SampleConfig, resolve
+from anogen.config import BackboneConfig, ConfigRequest, MaskConfig, ResolvedConfig, SampleConfig, resolve
 from anogen.errors import CompatibilityError, InputError
 from anogen.io import safe_name
 from anogen.records import AdapterLink, AdapterRecord, find_adapter_dirs, read_adapter_record, read_run_record
+from anogen.synth.backbones import recorded_backbone
 from anogen.verify.config import VerifyConfig
-from anogen.verify.synth import resume_verify, verify_config_for
+from anogen.verify.synth import resume_verify
 
 # Sample settings that change the pixels of an attempt: a rerun into an existing output must keep them.
 GENERATION_FIELDS = (
@@ -22,6 +22,8 @@ GENERATION_FIELDS = (
     "bcm_uncond_reference", "bcm_reference_every", "bcm_reference_pool",
 )  # fmt: skip
 REMASK_MARKER = ".remask-pending.json"
+# The sections of an adapter's recorded config that synth resolves over (fit's own sections do not sample).
+SYNTH_SECTIONS = ("sample", "mask", "verify")
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -29,7 +31,8 @@ REMASK_MARKER = ".remask-pending.json"
 
 @dataclass
 class Job:
-    """One (category, defect) to synthesise: its adapter, output folder and effective configs."""
+    """One (category, defect) to synthesise: its adapter, output folder, effective configs and backbone (the one
+    the adapter was fitted on, with the content hash it recorded)."""
 
     adapter_dir: Path
     record: AdapterRecord
@@ -39,6 +42,8 @@ class Job:
     sample: SampleConfig
     mask: MaskConfig
     adapter_sha256: str
+    backbone: BackboneConfig
+    backbone_hash: str
     # The folder keeps the result of the largest count it was ever run with: a rerun with a smaller --count
     # never deletes samples of an earlier, larger result (readers take the first ``count`` accepted rows).
     keep_count: int = 0
@@ -49,35 +54,26 @@ class Job:
         return self.sample.max_attempts if self.sample.max_attempts is not None else 4 * self.sample.count
 
 
-def configs_for(
-    record: AdapterRecord,
-    sample: SampleConfig | None,
-    mask: MaskConfig | None,
-    overrides: Mapping[str, Mapping[str, Any]] | None,
-    recipe: str | None = None,
-) -> tuple[SampleConfig, MaskConfig]:
-    """Effective configs: the given ones, else the adapter's recorded ones (its fit preset, or that preset under
-    ``recipe``); overrides win."""
+def recorded_sections(record: AdapterRecord) -> dict[str, Any]:
+    """The config an adapter recorded at fit, as :func:`anogen.config.resolve`'s ``recorded`` layer: the sections
+    synth takes from it and the preset it was fitted with (the one place synth reads ``adapter.json``'s config)."""
     recorded = record.config
-    base: dict[str, Any] = {}
-    if sample is not None:
-        base["sample"] = dataclasses.asdict(sample)
-    elif recipe is not None:
-        preset = record.preset or recorded.get("preset")
-        if not preset:
-            raise InputError(
-                f"--recipe {recipe}: adapter {record.category}/{record.defect} records no fit preset",
-                hint="pass --preset with the preset it was fitted with",
-            )
-        base["sample"] = dataclasses.asdict(resolve(str(preset), recipe=recipe).sample)
-    else:
-        base["sample"] = dict(recorded.get("sample") or {})
-    base["mask"] = dataclasses.asdict(mask) if mask is not None else dict(recorded.get("mask") or {})
-    for section in ("sample", "mask"):
-        base[section] = {k: v for k, v in base[section].items() if k in config_field_names(section)}
-        base[section].update({k: v for k, v in (overrides or {}).get(section, {}).items() if v is not None})
-    resolved = resolve(overrides=base)
-    return resolved.sample, resolved.mask
+    sections: dict[str, Any] = {name: dict(recorded.get(name) or {}) for name in SYNTH_SECTIONS}
+    sections["preset"] = record.preset or recorded.get("preset")
+    return sections
+
+
+def job_configs(record: AdapterRecord, request: ConfigRequest) -> ResolvedConfig:
+    """One adapter's effective configs: ``request`` resolved over the config the adapter recorded at fit
+    (defaults < recorded < preset < recipe < config file < flags; a recipe without a preset applies to the
+    adapter's fit preset)."""
+    recorded = recorded_sections(record)
+    if request.recipe is not None and not request.preset and not recorded["preset"]:
+        raise InputError(
+            f"--recipe {request.recipe}: adapter {record.category}/{record.defect} records no fit preset",
+            hint="pass --preset with the preset it was fitted with",
+        )
+    return request.resolve(recorded=recorded)
 
 
 def config_field_names(section: str) -> set[str]:
@@ -141,52 +137,37 @@ def _stale_output_error(job: Job, made_with: AdapterLink) -> CompatibilityError:
     )
 
 
-def _check_sample_numbers(sample: SampleConfig) -> None:
-    if sample.count < 1:
-        # A count of 0 would exit 0 having done nothing, which a CI job would take for success.
-        raise InputError(
-            f"--count {sample.count} asks for no samples: nothing to do",
-            hint="pass --count 1 or more (accepted samples per defect type)",
-        )
-    for name, flag in (("steps", "--steps"), ("batch_size", "--batch-size")):
-        if getattr(sample, name) < 1:
-            raise InputError(f"{flag} must be at least 1 (got {getattr(sample, name)})")
-    if sample.max_attempts is not None and sample.max_attempts < 1:
-        raise InputError(f"--max-attempts must be at least 1 (got {sample.max_attempts})")
-    if sample.bcm_reference_every < 1:
-        raise InputError(f"bcm_reference_every must be >= 1 (got {sample.bcm_reference_every})")
+def prepare_jobs(runs: Path, out: Path, request: ConfigRequest | None = None) -> list[Job]:
+    """Find the adapters below ``runs``, resolve each one's configs (:func:`job_configs`) and check resuming is
+    safe (no model load).
 
-
-def prepare_jobs(
-    runs: Path,
-    out: Path,
-    sample: SampleConfig | None = None,
-    mask: MaskConfig | None = None,
-    *,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    recipe: str | None = None,
-    verify: VerifyConfig | None = None,
-) -> list[Job]:
-    """Find the adapters below ``runs``, build each one's configs and check resuming is safe (no model load)."""
+    Args:
+        runs (`Path`): a fit output root, a category folder or one defect's folder.
+        out (`Path`): the output root.
+        request (`ConfigRequest`, *optional*): preset, config file, flags and recipe; ``None`` takes each
+            adapter's recorded configs as they are.
+    """
     from anogen.model.adapter import adapter_sha256
 
+    request = request or ConfigRequest()
+    request.check()
     jobs = []
-    mask_explicit = mask is not None or any(v is not None for v in (overrides or {}).get("mask", {}).values())
-    verify_explicit = verify is not None or any(v is not None for v in (overrides or {}).get("verify", {}).values())
+    # No mask or verification setting asked for: a folder keeps its own (e.g. after `anogen mask` / `verify`).
+    mask_chosen, verify_chosen = request.chooses("mask"), request.chooses("verify")
     seen: dict[Path, Path] = {}
     for folder in find_adapter_dirs(runs):
         record = read_adapter_record(folder)
         category = str(record.category or folder.parent.name)
         defect = str(record.defect or folder.name)
-        sample_cfg, mask_cfg = configs_for(record, sample, mask, overrides, recipe)
-        _check_sample_numbers(sample_cfg)
+        resolved = job_configs(record, request)
         out_dir = Path(out) / safe_name(category) / safe_name(defect)
         if out_dir in seen:
             raise InputError(f"adapters {seen[out_dir]} and {folder} both write to {out_dir}")
         seen[out_dir] = folder
-        job = Job(folder, record, out_dir, category, defect, sample_cfg, mask_cfg, adapter_sha256(folder))
-        job.verify = verify_config_for(record, verify, overrides)
-        _check_resume(job, mask_explicit)
-        resume_verify(job, read_run_record(job.out_dir), verify_explicit)
+        backbone, backbone_hash = recorded_backbone(record)
+        job = Job(folder, record, out_dir, category, defect, resolved.sample, resolved.mask, adapter_sha256(folder),
+                  backbone, backbone_hash, verify=resolved.verify)
+        _check_resume(job, mask_chosen)
+        resume_verify(job, read_run_record(job.out_dir), verify_chosen)
         jobs.append(job)
     return jobs

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from anogen.records import AdapterRecord, read_run_record
+from anogen.records import read_run_record
 from anogen.records.manifest import read_all_rows, result_rows
 from anogen.synth.jobs import Job
 
@@ -16,20 +16,19 @@ def _bytes_per_attempt(resolution: int) -> int:
     return int(resolution * resolution * 2.1) + 200
 
 
-def _resolution_of(record: AdapterRecord) -> int:
+def _resolution_of(job: Job) -> int:
     """The output resolution without loading the model: the backbone's native size (``describe_backbone``), else
     the recorded training resolution."""
     from anogen.errors import BackboneError
     from anogen.model.spec import describe_backbone
 
-    source = str(record.backbone.source or "")
     try:
-        native = describe_backbone(source).native_resolution if source else None
+        native = describe_backbone(job.backbone).native_resolution if job.backbone.id else None
     except BackboneError:
         native = None
     if native is not None:
         return native
-    train = (record.config.get("train") or {}).get("resolution")
+    train = (job.record.config.get("train") or {}).get("resolution")
     return int(train or 512)
 
 
@@ -50,7 +49,7 @@ def plan(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         rate = (sum(1 for r in rows.values() if r.get("accepted")) / done_attempts) if done_attempts else 1.0
         missing = max(job.sample.count - accepted, 0)
         to_generate = min(math.ceil(missing / max(rate, 0.05)), max(job.max_attempts - done_attempts, 0))
-        resolution = _resolution_of(job.record)
+        resolution = _resolution_of(job)
         run = read_run_record(job.out_dir)
         measured = run.last_run.get("samples_per_s") if run is not None else None
         if measured:

@@ -5,30 +5,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from anogen.config import MaskConfig, SampleConfig
+from anogen.config import ConfigRequest
 from anogen.dist import Dist, current_dist
 from anogen.errors import CompatibilityError
 from anogen.progress import ProgressCallback, report
 from anogen.records import read_run_record, write_run_json
 from anogen.records.manifest import MANIFEST, SUBDIRS, cutoff_id, read_all_rows, read_rows, shard_name, tally
 from anogen.seeding import derive_seed
-from anogen.synth.backbones import check_backbones, load_backbone_for
+from anogen.synth.backbones import BackboneCache, check_backbones
 from anogen.synth.bcm import encode_grey
 from anogen.synth.jobs import Job, prepare_jobs
 from anogen.synth.references import load_references
 from anogen.synth.sampling import encode_backgrounds, sample_pairs
 from anogen.synth.summary import SynthSummary, summarise_job
 from anogen.synth.writing import finalize, run_json_for, write_attempt
-from anogen.verify.config import VerifyConfig
 from anogen.verify.synth import normal_model_for, verifier_for
-
-if TYPE_CHECKING:
-    from anogen.model.backbone import Backbone
-
 
 # ------------------------------------------------------------------------------------------------- synth
 
@@ -71,7 +66,7 @@ def wait_for_slower_ranks(
 
 def _synth_job(
     job: Job,
-    backbone_cache: dict[tuple[str, str], Backbone],
+    backbones: BackboneCache,
     dist: Dist,
     device: torch.device,
     progress: ProgressCallback | None,
@@ -105,7 +100,7 @@ def _synth_job(
     todo = pending()
     if not todo:
         return 0, time.monotonic() - start, None
-    backbone = load_backbone_for(job.record, backbone_cache, device)
+    backbone = backbones.get(job.backbone, device)
     adapter, _ = load_adapter(job.adapter_dir, backbone, device=device)
     background_latents = grey_latent = None
     if adapter.config.bcm:
@@ -149,32 +144,25 @@ def _synth_job(
 def synthesize(
     runs: Path,
     out: Path,
-    sample: SampleConfig | None = None,
-    mask: MaskConfig | None = None,
+    request: ConfigRequest | None = None,
     *,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    recipe: str | None = None,
     progress: ProgressCallback | None = None,
     device: str | torch.device | None = None,
     dist: Dist | None = None,
-    verify: VerifyConfig | None = None,
 ) -> SynthSummary:
     """Generate ``count`` accepted (image, part, mask) triples per defect type below ``runs``.
 
     Args:
         runs (`Path`): a fit output root, a category folder or one defect's folder (every ``adapter.json`` below).
         out (`Path`): output root; writes ``out/<category>/<defect>/``.
-        sample (`SampleConfig`, *optional*): sampling settings; ``None`` takes each adapter's recorded ones.
-        mask (`MaskConfig`, *optional*): mask settings; ``None`` takes each adapter's recorded ones (or, when
-            resuming, the output folder's own, e.g. after ``anogen mask``).
-        overrides (`Mapping`, *optional*): ``{"sample": {...}, "mask": {...}, "verify": {...}}`` applied on top
-            (CLI flags); ``None`` values are ignored.
-        recipe (`str`, *optional*): ``reference`` or ``fast``: with ``sample`` ``None``, each adapter's sample
-            settings come from its fit preset under this recipe instead of its recorded ones.
+        request (`ConfigRequest`, *optional*): preset, config file, recipe and overrides (``{"sample": {...},
+            "mask": {...}, "verify": {...}}``, flags or whole config objects), resolved once per adapter over the
+            configs it recorded at fit (:func:`~anogen.synth.jobs.job_configs`). ``None`` takes the recorded ones;
+            mask and verification settings nobody asked for are, when resuming, the output folder's own (e.g.
+            after ``anogen mask``).
         progress (`ProgressCallback`, *optional*): receives accepted / count with rejected and samples/s.
         device (*optional*): defaults to the launcher's device, else CUDA when available, else CPU.
         dist (`Dist`, *optional*): defaults to :func:`current_dist` (environment of the launcher).
-        verify (`VerifyConfig`, *optional*): verification settings; ``None`` takes each adapter's recorded ones.
 
     Returns:
         SynthSummary: per defect type: accepted, rejected by reason, mean mask area, time, throughput;
@@ -185,22 +173,21 @@ def synthesize(
             adapter made for another backbone; raised before anything is generated.
     """
     start = time.monotonic()
-    jobs = prepare_jobs(Path(runs), Path(out), sample, mask, overrides=overrides, recipe=recipe, verify=verify)
+    jobs = prepare_jobs(Path(runs), Path(out), request)
     dist = dist or current_dist()
     if device is None:
         device = dist.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     check_backbones(jobs)
     summary = SynthSummary()
-    cache: dict[tuple[str, str], Backbone] = {}
+    backbones = BackboneCache()
     # Every adapter against its loaded backbone first, so that a wrong one stops the run before anything is made.
     for job in jobs:
-        backbone = load_backbone_for(job.record, cache, device)
-        made_for = job.record.backbone
-        if backbone.content_hash != made_for.content_hash:
+        backbone = backbones.get(job.backbone, device)
+        if backbone.content_hash != job.backbone_hash:
             raise CompatibilityError(
-                f"{job.adapter_dir / 'adapter.json'}: adapter made for backbone {made_for.source!r} "
-                f"({str(made_for.content_hash)[:12]}), but that backbone now loads as "
+                f"{job.adapter_dir / 'adapter.json'}: adapter made for backbone {job.backbone.id!r} "
+                f"({job.backbone_hash[:12]}), but that backbone now loads as "
                 f"{backbone.content_hash[:12]}",
                 hint="refit the adapter on this backbone, or restore the backbone it was made with",
             )
@@ -208,7 +195,7 @@ def synthesize(
             normal_model_for(job.record, job.out_dir.parent, backbone, job.verify)  # built once, before the ranks
     dist.barrier()
     for job in jobs:
-        generated, elapsed, shown = _synth_job(job, cache, dist, device, progress)
+        generated, elapsed, shown = _synth_job(job, backbones, dist, device, progress)
         dist.barrier()
         if dist.rank == 0:
             rows = finalize(job.out_dir, max(job.keep_count, job.sample.count))

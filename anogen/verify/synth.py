@@ -1,7 +1,8 @@
 """Verification inside ``anogen synth``: each job's ``verify:`` settings and the checks of each attempt.
 
-Kept with the rest of verification; :mod:`anogen.synth` calls :func:`verify_config_for` when it prepares a job
-and :func:`verifier_for` / :meth:`SampleVerifier.check` when it writes an attempt. With mode ``off`` no verifier
+Kept with the rest of verification; a job's ``verify`` section is resolved with its other configs
+(:func:`anogen.synth.jobs.job_configs`), and :mod:`anogen.synth` calls :func:`verifier_for` /
+:meth:`SampleVerifier.check` when it writes an attempt. With mode ``off`` no verifier
 exists and synth takes exactly its earlier path. No torch at import.
 """
 
@@ -25,33 +26,6 @@ if TYPE_CHECKING:
     from anogen.synth.jobs import Job
     from anogen.verify.normal import NormalModel
     from anogen.verify.shots import ShotBank
-
-
-def verify_config_for(
-    record: AdapterRecord,
-    verify: VerifyConfig | None,
-    overrides: Mapping[str, Mapping[str, Any]] | None,
-) -> VerifyConfig:
-    """A job's effective verification settings.
-
-    Args:
-        record (`AdapterRecord`): the adapter's ``adapter.json``; its recorded ``config.verify`` (its fit preset's) is
-            the base. An adapter fitted before verification existed records none: the defaults apply (mode
-            ``off``, today's behaviour).
-        verify (`VerifyConfig`, *optional*): replaces the recorded section (``--preset`` / ``--config``).
-        overrides (`Mapping`, *optional*): ``{"verify": {...}}`` on top (CLI flags); ``None`` values are ignored.
-    """
-    from anogen.config import resolve
-
-    if verify is not None:
-        base = verify.to_dict()
-    else:
-        base = dict(record.config.get("verify") or {})
-    names = {f.name for f in dataclasses.fields(VerifyConfig)}
-    # Drop fields this version does not know (an adapter from a later anogen) rather than refuse it.
-    base = {k: v for k, v in base.items() if k in names}
-    base.update({k: v for k, v in (overrides or {}).get("verify", {}).items() if v is not None})
-    return resolve(overrides={"verify": base}).verify
 
 
 # Where a synth output keeps its category's normal model: hidden, so that folder walks (export, report) skip it.
@@ -164,13 +138,13 @@ class OutputRescorer:
     def _get_verifier(self) -> SampleVerifier:
         if self._verifier is None:
             from anogen.records import ADAPTER_JSON, read_adapter_record
-            from anogen.synth.backbones import load_backbone_for
+            from anogen.synth.backbones import BackboneCache, recorded_backbone
 
             adapter_dir = Path(self.run.adapter.path or "")
             record: AdapterRecord | RunRecord = (
                 read_adapter_record(adapter_dir) if (adapter_dir / ADAPTER_JSON).is_file() else self.run
             )
-            backbone = load_backbone_for(self.run, {}, "cpu")
+            backbone = BackboneCache().get(recorded_backbone(self.run)[0], "cpu")
             verifier = make_verifier(record, str(self.run.defect), self.folder.parent, backbone, self.config)
             assert verifier is not None  # mode is not off here
             self._verifier = verifier

@@ -76,7 +76,7 @@ def test_synth_dry_run_stops_on_the_real_runs_errors(runs, tmp_path):
 def test_count_zero_is_refused(runs, tmp_path):
     result = invoke(["synth", runs, "--count", "0", "--out", tmp_path / "o"])
     assert result.exit_code == 2, result.output
-    assert "--count 0 asks for no samples" in result.stderr
+    assert "sample.count (--count) = 0 asks for no samples" in result.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -29,8 +29,8 @@ def test_flags_reach_the_library(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake(runs, out, sample, mask, **kwargs):
-        seen.update(runs=runs, out=out, sample=sample, mask=mask, **kwargs)
+    def fake(runs, out, request, **kwargs):
+        seen.update(runs=runs, out=out, request=request, **kwargs)
         return anogen.synth.SynthSummary()
 
     monkeypatch.setattr(anogen.synth, "synthesize", fake)
@@ -40,14 +40,33 @@ def test_flags_reach_the_library(tmp_path, monkeypatch):
         "--on-object-only", "--mixed-precision", "fp16", "--json",
     ])
     assert result.exit_code == 0, result.output
-    assert seen["sample"] is None and seen["mask"] is None  # no preset: each adapter's own configs + flags
-    assert seen["overrides"]["sample"] == {
+    request = seen["request"]
+    assert request.preset is None and request.config_file is None  # each adapter's own configs + flags
+    assert request.overrides["sample"] == {
         "count": 7, "batch_size": 3, "seed": 5, "steps": 100, "sampler": "pndm", "guidance": 2.5,
         "max_attempts": 20, "mixed_precision": "fp16",
     }
-    assert seen["overrides"]["mask"] == {"threshold": "otsu", "on_object_only": True}
+    assert request.overrides["mask"] == {"threshold": "otsu", "on_object_only": True}
     assert Path(seen["out"]) == tmp_path / "o" and callable(seen["progress"])
     assert json.loads(result.stdout)["defects"] == []
+
+
+def test_no_on_object_only_switches_a_preset_value_off(tmp_path, monkeypatch):
+    import anogen.synth
+
+    seen = {}
+
+    def fake(runs, out, request, **kwargs):
+        seen.update(request=request)
+        return anogen.synth.SynthSummary()
+
+    monkeypatch.setattr(anogen.synth, "synthesize", fake)
+    assert invoke(["synth", tmp_path, "--no-on-object-only", "--json"]).exit_code == 0
+    assert seen["request"].overrides["mask"]["on_object_only"] is False
+    recorded = {"mask": {"on_object_only": True}}
+    assert seen["request"].resolve(recorded=recorded).mask.on_object_only is False
+    assert invoke(["synth", tmp_path, "--json"]).exit_code == 0
+    assert seen["request"].overrides["mask"]["on_object_only"] is None  # not given: the recorded value stays
 
 
 @pytest.mark.parametrize("value", ["abc", "1.5", "-0.1"])

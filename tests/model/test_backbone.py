@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from anogen.config import BackboneConfig
 from anogen.errors import BackboneError
 from anogen.model.backbone import Backbone, build_tiny, load_backbone, save_backbone
 from anogen.model.small_configs import tiny_configs
@@ -60,7 +61,7 @@ def test_save_then_load_round_trip(saved_tiny: Path, tiny_backbone: Backbone) ->
     for component in ("unet", "vae", "text_encoder"):
         assert list((saved_tiny / component).glob("*.safetensors")), component
     assert json.loads((saved_tiny / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
-    loaded = load_backbone(str(saved_tiny))
+    loaded = load_backbone(BackboneConfig(str(saved_tiny)))
     for name in ("unet", "vae", "text_encoder"):
         assert _same_weights(getattr(loaded, name), getattr(tiny_backbone, name)), name
     assert loaded.source == str(saved_tiny)
@@ -71,7 +72,7 @@ def test_save_then_load_round_trip(saved_tiny: Path, tiny_backbone: Backbone) ->
     )
     torch.testing.assert_close(_unet_out(loaded), _unet_out(tiny_backbone), rtol=0, atol=0)
     # The folder hash is stable across loads, and a sampler can be built from the saved scheduler.
-    assert load_backbone(str(saved_tiny)).content_hash == loaded.content_hash
+    assert load_backbone(BackboneConfig(str(saved_tiny))).content_hash == loaded.content_hash
     assert type(loaded.make_scheduler("dpmsolver++")).__name__ == "DPMSolverMultistepScheduler"
 
 
@@ -97,7 +98,7 @@ def test_missing_component(saved_tiny: Path, tmp_path: Path) -> None:
     folder = _copy(saved_tiny, tmp_path)
     shutil.rmtree(folder / "vae")
     with pytest.raises(BackboneError) as info:
-        load_backbone(str(folder))
+        load_backbone(BackboneConfig(str(folder)))
     line = _error_line(info.value)
     assert str(folder) in line and "missing vae" in line
 
@@ -107,7 +108,7 @@ def test_pickled_weights_are_refused(saved_tiny: Path, tmp_path: Path) -> None:
     for path in (folder / "unet").glob("*.safetensors"):
         path.rename(path.with_name("diffusion_pytorch_model.bin"))
     with pytest.raises(BackboneError) as info:
-        load_backbone(str(folder))
+        load_backbone(BackboneConfig(str(folder)))
     assert "no .safetensors" in _error_line(info.value) and str(folder / "unet") in str(info.value)
 
 
@@ -125,14 +126,14 @@ def test_wrong_architecture(saved_tiny: Path, tmp_path: Path, component: str, ch
     config.update(change)
     config_path.write_text(json.dumps(config))
     with pytest.raises(BackboneError) as info:
-        load_backbone(str(folder))
+        load_backbone(BackboneConfig(str(folder)))
     assert needle in _error_line(info.value)
 
 
 def test_unknown_hub_id_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneError) as info:
-        load_backbone("nobody-here/no-such-model", cache_dir=str(tmp_path / "hub"))
+        load_backbone(BackboneConfig("nobody-here/no-such-model", cache_dir=str(tmp_path / "hub")))
     line = _error_line(info.value)
     assert "'nobody-here/no-such-model' is not in the local cache" in line
     assert "HF_HUB_OFFLINE" in info.value.hint and "--backbone" in info.value.hint
@@ -140,9 +141,9 @@ def test_unknown_hub_id_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_not_a_backbone_spec(tmp_path: Path) -> None:
     with pytest.raises(BackboneError, match=r"backbone folder \./no/such/folder/here does not exist"):
-        load_backbone("./no/such/folder/here")
+        load_backbone(BackboneConfig("./no/such/folder/here"))
     with pytest.raises(BackboneError, match="neither tiny, toy, an existing folder nor a hub id") as info:
-        load_backbone("toyy")
+        load_backbone(BackboneConfig("toyy"))
     assert info.value.hint == "did you mean toy?"
 
 
@@ -172,7 +173,7 @@ def test_properties_come_from_configs_not_sd15(tmp_path: Path) -> None:
         source="odd",
         content_hash="",
     )
-    loaded = load_backbone(str(save_backbone(odd, tmp_path / "odd")))
+    loaded = load_backbone(BackboneConfig(str(save_backbone(odd, tmp_path / "odd"))))
     assert loaded.latent_channels == 3 and loaded.vae_scale_factor == 4
     assert loaded.resolution == 32 and loaded.scaling_factor == 0.5
     # The numbers agree with what the networks actually do to tensors.

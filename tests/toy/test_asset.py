@@ -34,9 +34,10 @@ STEPS = 25
 
 @pytest.fixture(scope="module")
 def toy():
+    from anogen.config import BackboneConfig
     from anogen.model.backbone import load_backbone
 
-    return load_backbone("toy")
+    return load_backbone(BackboneConfig("toy"))
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import pytest
 @pytest.fixture(scope="session")
 def toy_backbone():
     """The shipped, pretrained toy backbone (read-only for tests)."""
+    from anogen.config import BackboneConfig
     from anogen.model.backbone import load_backbone
 
-    return load_backbone("toy")
+    return load_backbone(BackboneConfig("toy"))
 
 
 @pytest.fixture(scope="session")

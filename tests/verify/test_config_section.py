@@ -14,12 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from anogen.cli.app import app
-from anogen.config import SECTIONS, list_presets, resolve
+from anogen.config import SECTIONS, ConfigRequest, list_presets, resolve
 from anogen.errors import InputError, PresetError
 from anogen.model.backbone import build_tiny
 from anogen.records import AdapterRecord
 from anogen.verify.config import VerifyConfig
-from anogen.verify.synth import verify_config_for
 from tests.test_sample import make_runs
 
 
@@ -61,14 +60,18 @@ def test_bad_mode_and_unknown_key():
 
 
 def test_job_settings_from_record_and_flags():
+    from anogen.config import ConfigRequest
+    from anogen.synth.jobs import job_configs
+
     recorded = {**VerifyConfig(mode="reject").to_dict(), "alignment_min": 0.6}
     record = AdapterRecord.from_dict({"config": {"verify": recorded}})
-    got = verify_config_for(record, None, {"verify": {"background_max": 2.0, "copy_min": None}})
+    flags = ConfigRequest(overrides={"verify": {"background_max": 2.0, "copy_min": None}})
+    got = job_configs(record, flags).verify
     assert (got.mode, got.alignment_min, got.background_max, got.copy_min) == ("reject", 0.6, 2.0, 1.5)
     # An adapter fitted before verification existed records no section: off, as before.
-    assert verify_config_for(AdapterRecord.from_dict({"config": {"sample": {}}}), None, None).mode == "off"
-    # --preset / --config replace the recorded section; flags still win.
-    got = verify_config_for(record, VerifyConfig(mode="score"), {"verify": {"mode": "off"}})
+    assert job_configs(AdapterRecord.from_dict({"config": {"sample": {}}}), ConfigRequest()).verify.mode == "off"
+    # A whole VerifyConfig from Python replaces the recorded section, every field of it.
+    got = job_configs(record, ConfigRequest(overrides={"verify": VerifyConfig(mode="off")})).verify
     assert (got.mode, got.alignment_min) == ("off", 0.75)
 
 
@@ -80,8 +83,8 @@ def test_run_json_records_the_section(tmp_path):
     record = json.loads(record_path.read_text())
     record["config"]["verify"] = {"mode": "off", "alignment_min": 0.6}
     record_path.write_text(json.dumps(record))
-    synthesize(runs, tmp_path / "out", overrides={"sample": {"count": 1, "max_attempts": 1},
-                                                  "verify": {"background_max": 2.5}})
+    synthesize(runs, tmp_path / "out", ConfigRequest(overrides={"sample": {"count": 1, "max_attempts": 1},
+                                                  "verify": {"background_max": 2.5}}))
     run = json.loads((tmp_path / "out" / "bottle" / "crack" / "run.json").read_text())
     assert run["verify"] == VerifyConfig(mode="off", alignment_min=0.6, background_max=2.5).to_dict()
 
@@ -95,19 +98,20 @@ def test_cli_flags(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake(runs, out, sample, mask, **kwargs):
-        seen.update(kwargs)
+    def fake(runs, out, request, **kwargs):
+        seen.update(request=request)
         return anogen.synth.SynthSummary()
 
     monkeypatch.setattr(anogen.synth, "synthesize", fake)
     result = _invoke(["synth", tmp_path, "--verify", "Score", "--min-alignment", 0.8, "--max-background", 1.5,
                       "--min-copy-distance", 2, "--json"])
     assert result.exit_code == 0, result.output
-    assert seen["overrides"]["verify"] == {"mode": "score", "alignment_min": 0.8, "background_max": 1.5,
-                                           "copy_min": 2.0}
-    assert seen["verify"] is None  # no --preset: each adapter's recorded section is the base
+    assert seen["request"].overrides["verify"] == {"mode": "score", "alignment_min": 0.8, "background_max": 1.5,
+                                                   "copy_min": 2.0}
+    assert seen["request"].preset is None  # no --preset: each adapter's recorded section is the base
     _invoke(["synth", tmp_path, "--preset", "mvtec/bottle", "--json"])
-    assert seen["verify"] == VerifyConfig(mode="score")
+    assert seen["request"].preset == "mvtec/bottle"
+    assert seen["request"].resolve().verify == VerifyConfig(mode="score")
 
 
 @pytest.mark.parametrize(("flags", "words"), [

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from anogen.config import ConfigRequest
 from anogen.errors import InputError
 from anogen.masks import REASONS as MASK_REASONS
 from anogen.model.backbone import build_tiny
@@ -47,8 +48,8 @@ def runs(tmp_path_factory) -> Path:
 
 
 def _synth(runs: Path, out: Path, count: int, **verify) -> object:
-    return synthesize(runs, out, overrides={"sample": {"count": count, "max_attempts": 12, "batch_size": 4},
-                                            "verify": verify})
+    sample = {"count": count, "max_attempts": 12, "batch_size": 4}
+    return synthesize(runs, out, ConfigRequest(overrides={"sample": sample, "verify": verify}))
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -182,8 +183,8 @@ def test_verify_then_top_up_equals_verified_from_start(runs, scored, tmp_path, m
 
     def synth(out: Path, **verify) -> None:
         # batch 1: an attempt's pixels must not depend on which attempts share its batch (tests/test_sample.py)
-        synthesize(runs, out, overrides={"sample": {"count": 2, "max_attempts": 12, "batch_size": 1},
-                                         "verify": verify})
+        sample = {"count": 2, "max_attempts": 12, "batch_size": 1}
+        synthesize(runs, out, ConfigRequest(overrides={"sample": sample, "verify": verify}))
 
     synth(tmp_path / "b", mode="reject", **thresholds)  # verified from the start
     synth(tmp_path / "a")  # the adapter records no verify section: off
@@ -232,7 +233,7 @@ def test_verify_cli(runs, scored, tmp_path):
 
     from anogen.cli.app import app
 
-    synthesize(runs, tmp_path, overrides={"sample": {"count": 2, "max_attempts": 6, "batch_size": 4}})
+    synthesize(runs, tmp_path, ConfigRequest(overrides={"sample": {"count": 2, "max_attempts": 6, "batch_size": 4}}))
     result = CliRunner().invoke(app, ["verify", str(tmp_path), "--min-alignment", str(_cut(scored)), "--json"])
     assert result.exit_code == 0, result.output
     folder = json.loads(result.stdout)["folders"][0]
@@ -248,9 +249,9 @@ def test_report_shows_scores_thresholds_and_the_pair(runs, scored, tmp_path):
     from anogen.export.report import write_report
 
     cut = _cut(scored)
-    synthesize(runs, tmp_path / "s", overrides={"sample": {"count": 2, "max_attempts": 12, "batch_size": 4},
-                                                "verify": {"mode": "reject", "alignment_min": cut,
-                                                           "background_max": 1e9, "copy_min": 0.0}})
+    verify = {"mode": "reject", "alignment_min": cut, "background_max": 1e9, "copy_min": 0.0}
+    synthesize(runs, tmp_path / "s",
+               ConfigRequest(overrides={"sample": {"count": 2, "max_attempts": 12, "batch_size": 4}, "verify": verify}))
     write_report([tmp_path / "s"], tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     rows = read_rows(tmp_path / "s" / "object" / "stain" / "manifest.jsonl")
