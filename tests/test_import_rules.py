@@ -16,6 +16,7 @@ each rule is seen to fail.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,4 +326,63 @@ def test_checker_finds_layer_breaches(tmp_path: Path) -> None:
         "anogen.data.reader:2 (a reader) imports anogen.config: the preset choice is config's",
         "anogen.export.run:1 imports torch at module level (a torch-free layer)",
         "anogen.export.run:5 imports the CLI (anogen.cli)",
+    ]
+
+
+# ---------------------------------------------------------------------- the table in docs/architecture.md
+
+ARCHITECTURE_MD = PACKAGE_ROOT.parent / "docs" / "architecture.md"
+GROUND_FLOOR = {"anogen", "errors", "io", "progress", "seeding", "threads", "dist", "memory"}
+
+
+def unit_of(module: str) -> str:
+    """``anogen.fit.loop`` -> ``fit``; ``anogen.masks`` -> ``masks``; the package ``anogen`` itself -> ``anogen``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def allowed_imports(markdown: str) -> dict[str, set[str]]:
+    """The rows ``| `unit` | `a`, `b` (a note) |`` between the two ``imports`` markers of architecture.md: each
+    unit and the back-quoted names of its second cell."""
+    body = markdown.split("<!-- imports:begin -->", 1)[1].split("<!-- imports:end -->", 1)[0]
+    table: dict[str, set[str]] = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`"):
+            continue
+        names = set(re.findall(r"`([^`]+)`", cells[1])) | ({"everything"} if "everything" in cells[1] else set())
+        table[cells[0].strip("`").rstrip("/").removesuffix(".py")] = names
+    return table
+
+
+def unit_violations(graph: ImportGraph, table: dict[str, set[str]]) -> list[str]:
+    found = []
+    for imp in graph.imports:
+        if imp.external:
+            continue
+        source, target = unit_of(imp.importer), unit_of(imp.target)
+        if source == target or target in GROUND_FLOOR:
+            continue
+        if source in GROUND_FLOOR:
+            found.append(f"{imp.importer}:{imp.line} imports {imp.target}: the ground floor imports only itself")
+        elif source not in table:
+            found.append(f"{imp.importer}: {source} has no row in docs/architecture.md's import table")
+        elif "everything" not in table[source] and target not in table[source]:
+            found.append(f"{imp.importer}:{imp.line} imports {imp.target}, but {source} may not import {target}")
+    return sorted(set(found))
+
+
+def test_folders_import_only_what_architecture_md_allows(graph: ImportGraph) -> None:
+    table = allowed_imports(ARCHITECTURE_MD.read_text(encoding="utf-8"))
+    assert len(table) > 10
+    assert unit_violations(graph, table) == []
+
+
+def test_checker_finds_an_import_the_table_does_not_allow(tmp_path: Path) -> None:
+    root = _package(tmp_path, {"fit/__init__.py": "from anogen.synth import x\n", "synth.py": "x = 1\n"})
+    rows = "| `fit/` | `model` (lazily, a note) |\n| `synth.py` | - |\n"
+    markdown = f"<!-- imports:begin -->\n{rows}<!-- imports:end -->\n"
+    assert allowed_imports(markdown) == {"fit": {"model"}, "synth": set()}
+    assert unit_violations(build_graph(root), allowed_imports(markdown)) == [
+        "anogen.fit:1 imports anogen.synth, but fit may not import synth"
     ]

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 SHARD_GLOB = "manifest.rank*.jsonl"
 SUBDIRS = ("image", "part", "mask")
+# Left in a synth folder while `anogen mask` rewrites it: synth and verify refuse to touch the folder meanwhile.
+REMASK_MARKER = ".remask-pending.json"
 ID_WIDTH = 6
 
 

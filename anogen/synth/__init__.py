@@ -27,8 +27,8 @@ Modules (each imports its siblings directly, never through this package):
 - :mod:`anogen.synth.jobs`: :class:`Job`, its effective configs (:func:`job_configs`, the one resolve per adapter)
   and the resume checks (:func:`prepare_jobs`);
 - :mod:`anogen.synth.plan`: the dry-run :func:`plan`;
-- :mod:`anogen.synth.backbones`: the backbone a record names (:func:`recorded_backbone`), :func:`check_backbones`
-  and :class:`BackboneCache`;
+- :mod:`anogen.synth.backbones`: :func:`check_backbones` (the backbone a record names and the cache of one
+  loaded backbone live in :mod:`anogen.model.recorded`);
 - :mod:`anogen.synth.writing`: each attempt's files and row, ``run.json``, :func:`finalize`;
 - :mod:`anogen.synth.summary`: :class:`SynthSummary` and :class:`DefectSummary`;
 - :mod:`anogen.synth.run`: :func:`synthesize`, the per-job loop, waiting for slower ranks;
@@ -38,9 +38,9 @@ Rank and world size come from :mod:`anogen.dist`. Importing this package imports
 CLI imports it only inside its commands.
 """
 
-from anogen.synth.backbones import BackboneCache, check_backbones, recorded_backbone
+from anogen.synth.backbones import check_backbones
 from anogen.synth.bcm import encode_grey, noised_references, pool_size, reference_index
-from anogen.synth.jobs import GENERATION_FIELDS, REMASK_MARKER, Job, job_configs, prepare_jobs, recorded_sections
+from anogen.synth.jobs import GENERATION_FIELDS, Job, job_configs, prepare_jobs, recorded_sections
 from anogen.synth.plan import plan
 from anogen.synth.references import References, load_references
 from anogen.synth.remask import RemaskSummary, remask
@@ -51,9 +51,7 @@ from anogen.synth.writing import finalize
 
 __all__ = [
     "GENERATION_FIELDS",
-    "REMASK_MARKER",
     "STOCHASTIC_SAMPLERS",
-    "BackboneCache",
     "DefectSummary",
     "Job",
     "References",
@@ -69,7 +67,6 @@ __all__ = [
     "plan",
     "pool_size",
     "prepare_jobs",
-    "recorded_backbone",
     "recorded_sections",
     "reference_index",
     "remask",

@@ -1,56 +1,15 @@
-"""Backbones of a synth run: the backbone each adapter record names, the checks every one passes before weights
-load, and loading them one at a time (:class:`BackboneCache`). No torch at import."""
+"""The checks every backbone of a synth run passes before weights load (the backbone a record names and holding
+one at a time: :mod:`anogen.model.recorded`). No torch at import."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from anogen.config import BackboneConfig
 from anogen.errors import CompatibilityError
 
 if TYPE_CHECKING:
-    import torch
-
-    from anogen.model.backbone import Backbone
-    from anogen.records import AdapterRecord, RunRecord
     from anogen.synth.jobs import Job
-
-
-def recorded_backbone(record: AdapterRecord | RunRecord) -> tuple[BackboneConfig, str]:
-    """The backbone an ``adapter.json`` (or a synth folder's ``run.json``) names, and the content hash it recorded
-    (``""`` when none): the source it was loaded from, with the hub settings of its recorded ``backbone`` section.
-    The one place synth reads a record's backbone."""
-    made_for = record.backbone
-    settings = record.config.get("backbone") or {}
-    config = BackboneConfig(
-        id=str(made_for.source or ""),
-        revision=settings.get("revision"),
-        cache_dir=settings.get("cache_dir"),
-        seed=int(settings.get("seed", 0) or 0),
-    )
-    return config, str(made_for.content_hash or "")
-
-
-class BackboneCache:
-    """Holds at most one loaded backbone: a run over several adapters of one backbone loads it once, and one of
-    another backbone first moves the held one to the CPU and drops it."""
-
-    def __init__(self) -> None:
-        self._config: BackboneConfig | None = None
-        self._backbone: Backbone | None = None
-
-    def get(self, config: BackboneConfig, device: torch.device | str) -> Backbone:
-        """The backbone ``config`` describes, loaded on ``device`` (or the one already held)."""
-        from anogen.model.backbone import load_backbone
-
-        if self._backbone is None or self._config != config:
-            if self._backbone is not None:
-                self._backbone.to("cpu")
-            self._backbone = None
-            self._backbone = load_backbone(config, device=str(device))
-            self._config = config
-        return self._backbone
 
 
 def check_backbones(jobs: Sequence[Job]) -> None:

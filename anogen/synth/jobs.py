@@ -11,8 +11,9 @@ from typing import Any
 from anogen.config import BackboneConfig, ConfigRequest, MaskConfig, ResolvedConfig, SampleConfig, resolve
 from anogen.errors import CompatibilityError, InputError
 from anogen.io import safe_name
+from anogen.model.recorded import recorded_backbone
 from anogen.records import AdapterLink, AdapterRecord, find_adapter_dirs, read_adapter_record, read_run_record
-from anogen.synth.backbones import recorded_backbone
+from anogen.records.manifest import REMASK_MARKER
 from anogen.verify.config import VerifyConfig
 from anogen.verify.synth import resume_verify
 
@@ -21,7 +22,6 @@ GENERATION_FIELDS = (
     "sampler", "steps", "guidance", "negative_prompt", "mixed_precision", "seed",
     "bcm_uncond_reference", "bcm_reference_every", "bcm_reference_pool",
 )  # fmt: skip
-REMASK_MARKER = ".remask-pending.json"
 # The sections of an adapter's recorded config that synth resolves over (fit's own sections do not sample).
 SYNTH_SECTIONS = ("sample", "mask", "verify")
 

@@ -17,8 +17,16 @@ from anogen.io import load_mask, load_rgb, save_png_atomic, write_json_atomic
 from anogen.masks import make_mask
 from anogen.progress import ProgressCallback, report
 from anogen.records import RunRecord, read_run_record, write_run_json
-from anogen.records.manifest import MANIFEST, find_synth_dirs, read_rows, result_rows, shard_paths, write_manifest
-from anogen.synth.jobs import REMASK_MARKER, config_field_names
+from anogen.records.manifest import (
+    MANIFEST,
+    REMASK_MARKER,
+    find_synth_dirs,
+    read_rows,
+    result_rows,
+    shard_paths,
+    write_manifest,
+)
+from anogen.synth.jobs import config_field_names
 from anogen.synth.references import References, load_references
 from anogen.verify.synth import OutputRescorer
 

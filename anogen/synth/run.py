@@ -12,11 +12,12 @@ import torch
 from anogen.config import ConfigRequest
 from anogen.dist import Dist, current_dist
 from anogen.errors import CompatibilityError
+from anogen.model.recorded import BackboneCache
 from anogen.progress import ProgressCallback, report
 from anogen.records import read_run_record, write_run_json
 from anogen.records.manifest import MANIFEST, SUBDIRS, cutoff_id, read_all_rows, read_rows, shard_name, tally
 from anogen.seeding import derive_seed
-from anogen.synth.backbones import BackboneCache, check_backbones
+from anogen.synth.backbones import check_backbones
 from anogen.synth.bcm import encode_grey
 from anogen.synth.jobs import Job, prepare_jobs
 from anogen.synth.references import load_references

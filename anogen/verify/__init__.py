@@ -1,6 +1,6 @@
-"""Verified samples (issue 14, foundation): a normal model per category and per-sample checks.
+"""Verified samples: a normal model per category and per-sample checks (``anogen synth``, ``anogen verify``).
 
-Not yet used by ``anogen synth``. Importing this package imports no torch; the model code imports it lazily.
+Importing this package imports no torch; the model code imports it lazily.
 
 - :mod:`anogen.verify.config`: :class:`VerifyConfig`, every parameter and threshold;
 - :mod:`anogen.verify.normal`: :class:`NormalModel` and :func:`build_normal_model` (VAE-feature memory bank);

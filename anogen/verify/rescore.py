@@ -51,8 +51,15 @@ def verify_output(
     from anogen.masks import REASONS as MASK_REASONS
     from anogen.progress import report
     from anogen.records import read_run_record, write_run_json
-    from anogen.records.manifest import MANIFEST, find_synth_dirs, read_rows, result_rows, shard_paths, write_manifest
-    from anogen.synth.jobs import REMASK_MARKER
+    from anogen.records.manifest import (
+        MANIFEST,
+        REMASK_MARKER,
+        find_synth_dirs,
+        read_rows,
+        result_rows,
+        shard_paths,
+        write_manifest,
+    )
     from anogen.verify.synth import OutputRescorer
 
     summary = VerifySummary()

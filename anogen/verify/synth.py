@@ -137,8 +137,8 @@ class OutputRescorer:
 
     def _get_verifier(self) -> SampleVerifier:
         if self._verifier is None:
+            from anogen.model.recorded import BackboneCache, recorded_backbone
             from anogen.records import ADAPTER_JSON, read_adapter_record
-            from anogen.synth.backbones import BackboneCache, recorded_backbone
 
             adapter_dir = Path(self.run.adapter.path or "")
             record: AdapterRecord | RunRecord = (
