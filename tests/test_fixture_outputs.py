@@ -1,8 +1,10 @@
 """The torch-free stages, rebuilt from a committed synth folder, write the committed bytes (issue 13's fixture check).
 
 ``tests/fixtures/renovation/`` holds a small synth folder made once through the real CLI (toy backbone, 64 px, the
-toy object's defect types stain and hole, 4 attempts each with rejected rows, ``--verify off``) and the schema-1
-``adapter.json`` of each of its adapters (the records only; no stage below reads weights). It was made with::
+toy object's defect types stain and hole, 4 attempts each with rejected rows, ``--verify off``) and the
+``adapter.json`` of each of its adapters (the records only; no stage below reads weights). Hole's is as fit wrote it
+(schema 2); stain's was turned into a schema-1 record by hand (no BCM: ``schema_version`` 1, ``has_bcm`` dropped,
+``adapter.bcm`` false), the layout of the first adapters, which readers must keep accepting. It was made with::
 
     anogen toy make data --kind object --n-train 6 --n-per-defect 3
     anogen prior data/object --out priors
@@ -16,6 +18,7 @@ process::
     anogen toy make data --kind object --n-train 6 --n-per-defect 3 --json
     anogen mask synth --threshold 0.05 --json                                 (two rejected hole rows become accepted)
     anogen export synth --data data/object --format F --out export-F --json     (F: mvtec, coco, folder, visa)
+    anogen export synth --data data/object --format mvtec --include-real-test --out export-mvtec-real-test --json
     anogen report synth --json
 
 Then the sha256 of every file below the folder (inputs included: ``mask`` rewrites masks and manifests in place)
@@ -64,6 +67,10 @@ STAGES: list[tuple[str, list[str], bool]] = [
     ("mask", ["mask", "synth", "--threshold", "0.05", "--json"], True),
     *[(f"export-{fmt}", ["export", "synth", *([] if fmt == "coco" else ["--data", "data/object"]),
                          "--format", fmt, "--out", f"export-{fmt}", "--json"], False) for fmt in FORMATS],
+    # The held-out real test images come from each adapter's adapter.json (run.json records no split here), read
+    # through the relative adapter path synth recorded: stain's record is schema 1, hole's schema 2.
+    ("export-mvtec-real-test", ["export", "synth", "--data", "data/object", "--format", "mvtec", "--include-real-test",
+                                "--out", "export-mvtec-real-test", "--json"], False),
     ("report", ["report", "synth", "--json"], False),
 ]
 # Runs one CLI command in this process and says on its last stderr line whether torch got imported.
