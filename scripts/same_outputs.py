@@ -2,7 +2,7 @@
 """Behaviour check for refactors: run one fixed CLI pipeline with BASE_REF's code and with the working tree's, and
 compare every file the two runs wrote, byte for byte.
 
-    python scripts/same_outputs.py pre-renovation            # exit 0: identical, 1: something differs
+    python scripts/same_outputs.py 9b6245d                   # exit 0: identical, 1: something differs
     python scripts/same_outputs.py main --keep /tmp/same     # keep both sides' folders to inspect them
     python scripts/same_outputs.py HEAD~3 --json             # the result as JSON on stdout
 

@@ -386,3 +386,15 @@ def test_checker_finds_an_import_the_table_does_not_allow(tmp_path: Path) -> Non
     assert unit_violations(build_graph(root), allowed_imports(markdown)) == [
         "anogen.fit:1 imports anogen.synth, but fit may not import synth"
     ]
+
+
+MAX_LINES = 600  # a file longer than this holds several rooms (docs/architecture.md): split it along its banners
+
+
+def test_no_source_file_is_longer_than_a_room() -> None:
+    long_files = {
+        path.relative_to(PACKAGE_ROOT.parent).as_posix(): count
+        for path in sorted(PACKAGE_ROOT.rglob("*.py"))
+        if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long_files == {}
