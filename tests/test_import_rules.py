@@ -25,7 +25,7 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "anogen"
 TENSOR_LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "peft")
 # Layers that must stay importable without a tensor library (`anogen --help`, export on a CPU-only CI runner).
-TORCH_FREE = ("anogen.export", "anogen.records", "anogen.manifest", "anogen.masks", "anogen.data", "anogen.config")
+TORCH_FREE = ("anogen.export", "anogen.records", "anogen.masks", "anogen.data", "anogen.config")
 
 
 @dataclass(frozen=True)

@@ -176,9 +176,8 @@ def _category_folder(root: Path, category: str | None, fmt: str) -> Path:
     if category is not None:
         if Path(category).name != category or category in ("", ".", ".."):
             raise DataError(f"--category must be a folder name, got {category!r}")
-        candidate = root / category
-        if candidate.is_dir() or (visa.is_root(root) and category in visa.objects_in_split_file(root)):
-            return candidate
+        if holds_category(root, category):
+            return root / category
         if root.name == category and _is_category(root, fmt):
             return root  # the category folder itself, named again with --category
         held = sorted(_categories_under(root), key=natural_key)

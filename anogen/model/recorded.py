@@ -45,7 +45,7 @@ class BackboneCache:
         if self._backbone is None or self._config != config:
             if self._backbone is not None:
                 self._backbone.to("cpu")
-            self._backbone = None
+            self._backbone = None  # drop the old one before the new one loads: two SD-1.5 copies need not fit
             self._backbone = load_backbone(config, device=str(device))
             self._config = config
         return self._backbone
