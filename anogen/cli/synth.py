@@ -53,6 +53,15 @@ VerifyOpt = Annotated[
     ),
 ]
 
+RefineOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--refine-mask/--no-refine-mask",
+        help="With verification on: let the whole image's anomaly map re-decide each mask's rim before the "
+        "checks (verify.refine; measured to lower the toy figures, so off by default: docs/verify.md).",
+    ),
+]
+
 
 def synth_command(
     runs: Annotated[Path, typer.Argument(help="Fit output: the root, a category folder or a defect folder.")],
@@ -85,6 +94,7 @@ def synth_command(
     min_alignment: MinAlignmentOpt = None,
     max_background: MaxBackgroundOpt = None,
     min_copy_distance: MinCopyOpt = None,
+    refine_mask: RefineOpt = None,
     preset: PresetOpt = None,
     recipe: RecipeOpt = None,
     config: ConfigOpt = None,
@@ -112,7 +122,8 @@ def synth_command(
             "mixed_precision": mixed_precision,
         },
         "mask": {"threshold": parse_mask_threshold(threshold), "on_object_only": on_object_only},
-        "verify": verify_overrides(verify, min_alignment, max_background, min_copy_distance),
+        "verify": {**verify_overrides(verify, min_alignment, max_background, min_copy_distance),
+                   "refine": refine_mask},
     }
     # Resolved by the library, once per adapter, over the configs that adapter recorded at fit.
     request = ConfigRequest(preset=preset, config_file=config, overrides=overrides, recipe=recipe)

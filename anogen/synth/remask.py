@@ -98,10 +98,12 @@ def remask(
             result = make_mask(part, cfg, size=size, object_mask=obj)
             changed = not (folder / row["mask"]).is_file() or not np.array_equal(
                 load_mask(folder / row["mask"]) > 0, result.mask > 0)
-            accepted, reason, scores = rescorer.verdict(row, result.mask, changed, result.accepted, result.reason)
-            save_png_atomic(folder / row["mask"], result.mask)
+            written, accepted, reason, scores = rescorer.verdict(row, result.mask, changed, result.accepted,
+                                                                 result.reason)
+            save_png_atomic(folder / row["mask"], written)
+            area = result.area if written is result.mask else float((written > 0).mean())  # refined
             new_row = {k: v for k, v in row.items() if k != "verify"}  # scores of the old mask must not stay
-            new_rows.append({**new_row, "accepted": accepted, "reason": reason, "mask_area": round(result.area, 6),
+            new_rows.append({**new_row, "accepted": accepted, "reason": reason, "mask_area": round(area, 6),
                              **({"verify": scores} if scores is not None else {})})
             report(progress, f"mask {folder.parent.name}/{folder.name}", k + 1, len(rows))
         write_manifest(folder, new_rows)

@@ -90,17 +90,19 @@ def write_attempt(
     """Mask one sampled attempt, verify it if asked, write its three PNGs, then append its manifest row to
     ``log_path``; returns the row."""
     result = make_mask(part, job.mask, size=image.shape[:2], object_mask=refs.object_mask(sample_id))
-    accepted, reason = result.accepted, result.reason
-    name = sample_name(sample_id)
-    save_png_atomic(job.out_dir / "image" / f"{name}.png", image)
-    save_png_atomic(job.out_dir / "part" / f"{name}.png", part)
-    save_png_atomic(job.out_dir / "mask" / f"{name}.png", result.mask)
+    accepted, reason, mask, area = result.accepted, result.reason, result.mask, result.area
     extra: dict[str, Any] = {}
     if refs.stems:
         extra["reference"] = refs.stems[refs.index(sample_id)]
     if verifier is not None and result.accepted and result.mask.any():  # docs/verify.md: only what masks accept
-        extra["verify"], reason = verifier.check(image, result.mask)
+        mask, extra["verify"], reason = verifier.check(image, result.mask)
         accepted = reason is None
+        if mask is not result.mask:  # refined (verify.refine)
+            area = float((mask > 0).mean())
+    name = sample_name(sample_id)
+    save_png_atomic(job.out_dir / "image" / f"{name}.png", image)
+    save_png_atomic(job.out_dir / "part" / f"{name}.png", part)
+    save_png_atomic(job.out_dir / "mask" / f"{name}.png", mask)
     row = make_row(
         sample_id,
         seed=seed,
@@ -108,7 +110,7 @@ def write_attempt(
         defect=job.defect,
         accepted=accepted,
         reason=reason,
-        mask_area=result.area,
+        mask_area=area,
         adapter_sha256=job.adapter_sha256,
         **extra,
     )

@@ -70,6 +70,11 @@ class VerifyConfig:
         copy_max_shift (`int`, defaults to 3): shifts up to this many pixels (at ``copy_size``) are searched.
         copy_blur (`float`, defaults to 1.0): Gaussian smoothing (pixels at ``copy_size``) before comparing,
             which removes the fine noise the autoencoder does not reproduce.
+        refine (`bool`, defaults to False): let the whole image's anomaly map re-decide the mask's rim before
+            the checks (:mod:`anogen.verify.refine`; measured to lower the toy figures, so opt-in).
+        refine_band (`float`, defaults to 1.0): half-width of the re-decided band around the rim, in feature cells.
+        refine_fraction (`float`, defaults to 0.5): a band pixel joins the mask where the map reaches this
+            fraction of its peak inside the mask (and at least ``alignment_floor``).
     """
 
     mode: Mode = "off"
@@ -92,6 +97,9 @@ class VerifyConfig:
     copy_size: int = 64
     copy_max_shift: int = 3
     copy_blur: float = 1.0
+    refine: bool = False
+    refine_band: float = 1.0
+    refine_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         # Frozen dataclasses cannot normalise fields in place except through object.__setattr__: YAML gives lists.
@@ -122,6 +130,11 @@ class VerifyConfig:
             raise InputError(f"verify copy_min (--min-copy-distance) must be >= 0, got {self.copy_min}")
         if not self.alignment_floor >= 0.0:
             raise InputError(f"verify alignment_floor must be >= 0, got {self.alignment_floor}")
+        if not isinstance(self.refine, bool):
+            raise InputError(f"verify refine must be true or false, got {self.refine!r}")
+        if not self.refine_band >= 0.0 or not 0.0 <= self.refine_fraction <= 1.0:
+            raise InputError(f"verify refine_band must be >= 0 and refine_fraction in [0, 1], got "
+                             f"{self.refine_band} and {self.refine_fraction}")
         if self.batch_size < 1 or self.copy_size < 8 or self.copy_max_shift < 0:
             raise InputError("verify batch_size must be >= 1, copy_size >= 8 and copy_max_shift >= 0")
 

@@ -69,7 +69,9 @@ def verify_output(
                              hint="rerun that command to finish it first")
         run = read_run_record(folder) or RunRecord.from_dict({}, folder)
         config = _config(run, overrides)
-        rescorer = OutputRescorer(folder, RunRecord.from_dict({**run.raw, "verify": config.to_dict()}, folder))
+        # verify never rewrites masks: it scores the ones on disk (refinement acts where a mask is written).
+        scoring = dataclasses.replace(config, refine=False).to_dict()
+        rescorer = OutputRescorer(folder, RunRecord.from_dict({**run.raw, "verify": scoring}, folder))
         rows = read_rows(folder / MANIFEST)
         new_rows = []
         for k, row in enumerate(rows):
@@ -77,7 +79,7 @@ def verify_output(
                 new_rows.append(row)  # the mask step rejected it: nothing to verify
             else:
                 mask = load_mask(folder / str(row["mask"]))
-                accepted, reason, scores = rescorer.verdict(row, mask, False, True, None)
+                _, accepted, reason, scores = rescorer.verdict(row, mask, False, True, None)
                 new_row = {key: v for key, v in row.items() if key != "verify"}
                 new_rows.append({**new_row, "accepted": accepted, "reason": reason,
                                  **({"verify": scores} if scores is not None else {})})

@@ -40,12 +40,23 @@ class SampleVerifier:
     model: NormalModel
     shots: ShotBank | None
 
-    def check(self, image: np.ndarray, mask: np.ndarray) -> tuple[dict[str, float | None], str | None]:
-        """The three scores of one attempt (JSON-ready) and its reject reason (always ``None`` unless ``reject``)."""
+    def check(
+        self, image: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, float | None], str | None]:
+        """One attempt's mask (refined when ``refine`` is on, else the one given, as 0/255 uint8), its three
+        scores (JSON-ready) and its reject reason (always ``None`` unless ``reject``)."""
         from anogen.verify.checks import reject_reason, score_sample
 
-        scores = score_sample(image, mask, self.model.anomaly_map(image), self.model, self.shots, self.config)
-        return scores.to_dict(), reject_reason(scores, self.config)
+        anomaly_map = self.model.anomaly_map(image)
+        if self.config.refine:
+            from anogen.verify.refine import refine_mask
+
+            width = round(self.config.refine_band * self.model.stride)
+            refined = refine_mask(mask, anomaly_map, width=width, fraction=self.config.refine_fraction,
+                                  floor=self.config.alignment_floor)
+            mask = np.where(refined, 255, 0).astype(np.uint8)
+        scores = score_sample(image, mask, anomaly_map, self.model, self.shots, self.config)
+        return mask, scores.to_dict(), reject_reason(scores, self.config)
 
 
 def _category_of(record: AdapterRecord | RunRecord) -> Category:
@@ -152,22 +163,23 @@ class OutputRescorer:
 
     def verdict(
         self, row: Mapping[str, Any], mask: np.ndarray, mask_changed: bool, accepted: bool, reason: str | None
-    ) -> tuple[bool, str | None, dict[str, float | None] | None]:
-        """(accepted, reason, scores or None) of a row whose new mask step said (``accepted``, ``reason``)."""
+    ) -> tuple[np.ndarray, bool, str | None, dict[str, float | None] | None]:
+        """(mask, accepted, reason, scores or None) of a row whose new mask step gave ``mask`` and said
+        (``accepted``, ``reason``); the mask is the refined one when the folder refines (``refine``)."""
         from anogen.io import load_rgb
         from anogen.verify.checks import CheckScores, reject_reason
 
         if self.config.mode == "off" or not accepted or not mask.any():
-            return accepted, reason, None
+            return mask, accepted, reason, None
         scores = row.get("verify")
         if mask_changed or not isinstance(scores, Mapping):
             image = np.asarray(load_rgb(self.folder / str(row["image"])))
-            scores, _ = self._get_verifier().check(image, mask)
+            mask, scores, _ = self._get_verifier().check(image, mask)
             self.rescored += 1
         alignment = scores.get("alignment")
         why = reject_reason(CheckScores(float("nan") if alignment is None else float(alignment),
                                         float(scores["background"]), scores.get("copy")), self.config)
-        return why is None, why, dict(scores)
+        return mask, why is None, why, dict(scores)
 
 
 def resume_verify(job: Job, run: RunRecord | None, explicit: bool) -> None:
@@ -181,12 +193,16 @@ def resume_verify(job: Job, run: RunRecord | None, explicit: bool) -> None:
     from anogen.errors import CompatibilityError
 
     old = run.verify if run is not None else None
-    if old is None or old == job.verify.to_dict():
+    if old is None:
+        return
+    names = {f.name for f in dataclasses.fields(VerifyConfig)}
+    # A folder recorded before a field existed holds that field's default.
+    old = resolve(overrides={"verify": {k: v for k, v in old.items() if k in names}}).verify.to_dict()
+    if old == job.verify.to_dict():
         return
     if explicit:
         raise CompatibilityError(
             f"{job.out_dir}: existing samples were verified with other settings",
             hint=f"re-judge them first with `anogen verify {job.out_dir} ...`, then synth tops up",
         )
-    names = {f.name for f in dataclasses.fields(VerifyConfig)}
-    job.verify = resolve(overrides={"verify": {k: v for k, v in old.items() if k in names}}).verify
+    job.verify = resolve(overrides={"verify": old}).verify

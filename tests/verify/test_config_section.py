@@ -107,7 +107,9 @@ def test_cli_flags(tmp_path, monkeypatch):
                       "--min-copy-distance", 2, "--json"])
     assert result.exit_code == 0, result.output
     assert seen["request"].overrides["verify"] == {"mode": "score", "alignment_min": 0.8, "background_max": 1.5,
-                                                   "copy_min": 2.0}
+                                                   "copy_min": 2.0, "refine": None}
+    _invoke(["synth", tmp_path, "--refine-mask", "--json"])
+    assert seen["request"].overrides["verify"]["refine"] is True
     assert seen["request"].preset is None  # no --preset: each adapter's recorded section is the base
     _invoke(["synth", tmp_path, "--preset", "mvtec/bottle", "--json"])
     assert seen["request"].preset == "mvtec/bottle"
