@@ -121,13 +121,25 @@ MinCopyOpt = Annotated[
 ]
 
 
+AlignmentFloorOpt = Annotated[
+    float | None,
+    typer.Option("--alignment-floor", help="How anomalous (normal units) a pixel must be to count in alignment: "
+                 "below it every pixel ties, so a mask over a faint anomaly does not align."),
+]
+
+
 def verify_overrides(
-    mode: str | None, min_alignment: float | None, max_background: float | None, min_copy_distance: float | None
+    mode: str | None,
+    min_alignment: float | None,
+    max_background: float | None,
+    min_copy_distance: float | None,
+    alignment_floor: float | None = None,
 ) -> dict[str, Any]:
     """The ``verify`` config section the verification flags of ``synth`` and ``verify`` set (None: not given)."""
     return {
         "mode": mode.strip().lower() if mode is not None else None,
         "alignment_min": min_alignment,
+        "alignment_floor": alignment_floor,
         "background_max": max_background,
         "copy_min": min_copy_distance,
     }

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from anogen.cli._common import (
+    AlignmentFloorOpt,
     ConfigOpt,
     DryRunOpt,
     JsonOpt,
@@ -94,6 +95,7 @@ def synth_command(
     min_alignment: MinAlignmentOpt = None,
     max_background: MaxBackgroundOpt = None,
     min_copy_distance: MinCopyOpt = None,
+    alignment_floor: AlignmentFloorOpt = None,
     refine_mask: RefineOpt = None,
     preset: PresetOpt = None,
     recipe: RecipeOpt = None,
@@ -122,7 +124,7 @@ def synth_command(
             "mixed_precision": mixed_precision,
         },
         "mask": {"threshold": parse_mask_threshold(threshold), "on_object_only": on_object_only},
-        "verify": {**verify_overrides(verify, min_alignment, max_background, min_copy_distance),
+        "verify": {**verify_overrides(verify, min_alignment, max_background, min_copy_distance, alignment_floor),
                    "refine": refine_mask},
     }
     # Resolved by the library, once per adapter, over the configs that adapter recorded at fit.

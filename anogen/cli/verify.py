@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from anogen.cli._common import (
+    AlignmentFloorOpt,
     JsonOpt,
     MaxBackgroundOpt,
     MinAlignmentOpt,
@@ -43,6 +44,7 @@ def verify_command(
     min_alignment: MinAlignmentOpt = None,
     max_background: MaxBackgroundOpt = None,
     min_copy_distance: MinCopyOpt = None,
+    alignment_floor: AlignmentFloorOpt = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -50,7 +52,7 @@ def verify_command(
     from anogen.verify.rescore import verify_output
 
     out_ = make_output(quiet=quiet, json_mode=json_output)
-    overrides = verify_overrides(mode, min_alignment, max_background, min_copy_distance)
+    overrides = verify_overrides(mode, min_alignment, max_background, min_copy_distance, alignment_floor)
     with out_.progress() as display:
         summary = verify_output(synth, overrides=overrides, progress=display)
     out_.emit_json({"folders": summary.folders})

@@ -14,6 +14,10 @@ from anogen.errors import InputError
 
 Mode = Literal["reject", "score", "off"]
 MODES: tuple[str, ...] = ("reject", "score", "off")
+# The fields that only judge scores (or say what to do with them): changing one of these re-judges recorded
+# scores; changing any other field (how scores are computed) means scoring again.
+JUDGING_FIELDS: tuple[str, ...] = ("mode", "alignment_min", "background_max", "copy_min", "batch_size", "refine",
+                                   "refine_band", "refine_fraction")
 # The fields that change what the normal model holds; the cache is keyed on them (the others act at query time).
 MODEL_FIELDS: tuple[str, ...] = (
     "feature_blocks", "feature_pool", "position_weight", "coreset_ratio", "bank_max", "holdout", "seed"

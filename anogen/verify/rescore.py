@@ -73,13 +73,15 @@ def verify_output(
         scoring = dataclasses.replace(config, refine=False).to_dict()
         rescorer = OutputRescorer(folder, RunRecord.from_dict({**run.raw, "verify": scoring}, folder))
         rows = read_rows(folder / MANIFEST)
+        # Scores computed another way (e.g. another alignment_floor) are stale: every sample is scored again.
+        stale = _scored_differently(run, config)
         new_rows = []
         for k, row in enumerate(rows):
             if row.get("reason") in MASK_REASONS:
                 new_rows.append(row)  # the mask step rejected it: nothing to verify
             else:
                 mask = load_mask(folder / str(row["mask"]))
-                _, accepted, reason, scores = rescorer.verdict(row, mask, False, True, None)
+                _, accepted, reason, scores = rescorer.verdict(row, mask, stale, True, None)
                 new_row = {key: v for key, v in row.items() if key != "verify"}
                 new_rows.append({**new_row, "accepted": accepted, "reason": reason,
                                  **({"verify": scores} if scores is not None else {})})
@@ -103,6 +105,18 @@ def verify_output(
             "needs_top_up": count is not None and after < int(count),
         })
     return summary
+
+
+def _scored_differently(run: RunRecord, config: VerifyConfig) -> bool:
+    """Whether the folder's recorded scores were computed with other scoring settings than ``config``'s."""
+    from anogen.verify.config import JUDGING_FIELDS
+
+    if not run.verify or run.verify.get("mode", "off") == "off":
+        return False  # nothing was scored: rows without scores are scored anyway
+    names = {f.name for f in dataclasses.fields(VerifyConfig)}
+    recorded = VerifyConfig(**{k: v for k, v in run.verify.items() if k in names}).to_dict()
+    now = config.to_dict()
+    return any(recorded[k] != now[k] for k in names if k not in JUDGING_FIELDS)
 
 
 def _config(run: RunRecord, overrides: Mapping[str, Any] | None) -> VerifyConfig:

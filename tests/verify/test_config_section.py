@@ -107,7 +107,9 @@ def test_cli_flags(tmp_path, monkeypatch):
                       "--min-copy-distance", 2, "--json"])
     assert result.exit_code == 0, result.output
     assert seen["request"].overrides["verify"] == {"mode": "score", "alignment_min": 0.8, "background_max": 1.5,
-                                                   "copy_min": 2.0, "refine": None}
+                                                   "copy_min": 2.0, "alignment_floor": None, "refine": None}
+    _invoke(["synth", tmp_path, "--alignment-floor", 2, "--json"])
+    assert seen["request"].overrides["verify"]["alignment_floor"] == 2.0
     _invoke(["synth", tmp_path, "--refine-mask", "--json"])
     assert seen["request"].overrides["verify"]["refine"] is True
     assert seen["request"].preset is None  # no --preset: each adapter's recorded section is the base

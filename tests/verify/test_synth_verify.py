@@ -277,3 +277,32 @@ def test_report_shows_scores_thresholds_and_the_pair(runs, scored, tmp_path):
     write_report([tmp_path / "s"], tmp_path / "report2.html")
     page = (tmp_path / "report2.html").read_text(encoding="utf-8")
     assert "anomaly maps unavailable" in page and 'alt="anomaly map' not in page and 'data-pick="best rejected"' in page
+
+
+def test_verify_with_another_floor_scores_again(runs, scored, tmp_path):
+    """Scores computed with another ``alignment_floor`` are stale: every sample is scored again, and the new
+    alignments are those of the floor asked for (the same map, the pure check at the new floor)."""
+    import shutil
+
+    from anogen.config import BackboneConfig
+    from anogen.io import load_mask, load_rgb
+    from anogen.model.backbone import load_backbone
+    from anogen.verify.cache import load_normal_model
+    from anogen.verify.checks import alignment_score
+    from anogen.verify.rescore import verify_output
+
+    root = tmp_path / "out"
+    shutil.copytree(scored.parent.parent, root)
+    folder = root / "object" / "stain"
+    judged = [r for r in read_rows(folder / "manifest.jsonl") if "verify" in r]
+    again = verify_output(root, overrides={"mode": "score", "alignment_floor": 0.0}).folders[0]
+    assert again["scored"] == len(judged) and again["changed"]
+    model = load_normal_model(folder.parent / ".verify", load_backbone(BackboneConfig("tiny")))
+    band = round(model.config.alignment_band * model.stride)
+    for row in (r for r in read_rows(folder / "manifest.jsonl") if "verify" in r):
+        amap = model.anomaly_map(np.asarray(load_rgb(folder / row["image"])))
+        expected = alignment_score(amap, load_mask(folder / row["mask"]) > 0, floor=0.0, band=band)
+        assert row["verify"]["alignment"] == pytest.approx(expected)
+    # Only a threshold changed: the recorded scores are re-judged, nothing is scored.
+    judged_only = verify_output(root, overrides={"mode": "reject", "alignment_min": 0.0}).folders[0]
+    assert judged_only["scored"] == 0
