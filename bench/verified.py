@@ -277,20 +277,20 @@ def cell_figures(records: list[dict[str, Any]], thresholds: dict[str, float], io
 
 ALIGNMENT_GRID = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 FLOOR_GRID = (1.0, 1.5, 2.0, 2.5, 3.0)
+# Ties go to the first value of each grid: the looser alignment, but the stricter background_max and copy_min,
+# since those checks guard against damaged backgrounds and memorisation, which IoU cannot see.
 BACKGROUND_GRID = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, float("inf"))
-COPY_GRID = (0.0, 1.5)
+COPY_GRID = (1.5, 0.0)
 REFINEMENTS = [(0.5, 0.3), (0.5, 0.5), (1.0, 0.3), (1.0, 0.5)]
 
 
-def choose_thresholds(cells: dict[str, list[dict[str, Any]]], min_acceptance: float = 0.4,
-                      area_tolerance: float = 0.2) -> dict[str, Any]:
-    """The thresholds that give the highest mean verified IoU over the cells (defect -> attempts) whose
-    unverified IoU is at least 0.4 (the cells the issue's bar applies to; all cells when none is), while every
-    cell keeps at least ``min_acceptance`` of its attempts and its median mask area within ``area_tolerance``
-    of the unverified set's (margins inside the issue's 1/3 and 25 %, since the figures come from other seeds)."""
-    loose = {"alignment_min": 0.0, "alignment_floor": 1.0, "background_max": float("inf"), "copy_min": 0.0}
-    plain = {d: cell_figures(r, loose, spearman=False)["unverified_iou"] or 0.0 for d, r in cells.items()}
-    scored = [d for d, v in plain.items() if v >= 0.4] or list(cells)
+def choose_thresholds(cells: dict[str, list[dict[str, Any]]], ceilings: dict[str, float],
+                      min_acceptance: float = 0.4, area_tolerance: float = 0.2) -> dict[str, Any]:
+    """The thresholds that give the highest mean verified IoU over the cells (defect -> attempts) that the
+    colour rule can measure (ceiling at least 0.4; all cells when none is), while every cell keeps at least
+    ``min_acceptance`` of its attempts and its median mask area within ``area_tolerance`` of the unverified
+    set's (margins inside the issue's 1/3 and 25 %, since the figures come from other seeds)."""
+    scored = [d for d in cells if ceilings.get(d, 0.0) >= 0.4] or list(cells)
     best: dict[str, Any] | None = None
     grid = [(a, f, b, c) for a in ALIGNMENT_GRID for f in FLOOR_GRID for b in BACKGROUND_GRID for c in COPY_GRID]
     for alignment_min, floor, background_max, copy_min in grid:
@@ -305,7 +305,7 @@ def choose_thresholds(cells: dict[str, list[dict[str, Any]]], min_acceptance: fl
         if not feasible:
             continue
         value = float(np.mean([figures[d]["verified_iou"] for d in scored]))
-        # Ties go to the looser thresholds (fewer rejections), which the grid order visits first.
+        # Ties go to the first visited (the grids' order).
         if best is None or value > best["mean_verified_iou"] + 1e-9:
             best = {"thresholds": thresholds, "mean_verified_iou": value, "cells_scored": scored}
     if best is None:
@@ -324,7 +324,7 @@ def analyse(out: Path, choose_seed: int) -> dict[str, Any]:
         chooser = measured.get(f"{kind}-seed{choose_seed}")
         if chooser is None:
             continue
-        chosen = choose_thresholds(chooser["attempts"])
+        chosen = choose_thresholds(chooser["attempts"], chooser["ceilings"])
         thresholds = chosen["thresholds"]
         gains = {}
         for width, fraction in REFINEMENTS:
