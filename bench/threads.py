@@ -8,7 +8,9 @@ measured process, interleaved round by round so that load changes hit them alike
 * ``anogen``: ``anogen.threads.apply_thread_policy()`` (what every ``anogen`` command does at start-up);
 * ``anogen-spin``: the policy's thread count with the OpenMP runtime's default wait (``OMP_WAIT_POLICY`` unset),
   which isolates the effect of ``OMP_WAIT_POLICY=PASSIVE``;
-* ``one-thread``: ``ANOGEN_THREADS=1``, for reference.
+* ``one-thread``: ``ANOGEN_THREADS=1``, for reference;
+* ``spin-N`` (not run by default; ``--modes``): the policy's threads with ``GOMP_SPINCOUNT=N``, a bounded spin
+  before a waiting OpenMP thread sleeps (``spin-0`` sleeps at once, as ``PASSIVE`` does).
 
 Then real fitting (``anogen fit`` on toy data, the toy backbone): one process against two ``accelerate launch``
 CPU processes splitting the same global batch (``--parallel data``), per step, under the policy and with torch's
@@ -73,6 +75,10 @@ def mode_env(mode: str) -> dict[str, str]:
         return clean_env(ANOGEN_THREADS="1", BENCH_POLICY="1")
     if mode == "anogen":
         return clean_env(BENCH_POLICY="1")
+    if mode.startswith("spin-"):  # a user-set GOMP_SPINCOUNT: the policy leaves the wait to the runtime
+        return clean_env(BENCH_POLICY="1", GOMP_SPINCOUNT=str(int(mode.removeprefix("spin-"))))
+    if mode != "torch":
+        raise ValueError(f"unknown mode {mode!r}")
     return clean_env()
 
 
@@ -214,9 +220,10 @@ def _accelerate(config: dict[str, Any], work: Path) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool, work: Path | None = None) -> dict[str, Any]:
-    """The whole measurement; returns the part's results (``python -m bench --parts threads`` stores them)."""
-    config = settings(quick)
+def run(quick: bool, work: Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The whole measurement; returns the part's results (``python -m bench --parts threads`` stores them).
+    ``overrides`` replace settings (e.g. ``modes``, ``loads``, ``workloads``, ``accelerate``)."""
+    config = {**settings(quick), **overrides}
     results: dict[str, Any] = {"settings": config, "cores": os.cpu_count(),
                                "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                                "timings": {}}
@@ -290,12 +297,14 @@ def section(part: dict[str, Any]) -> list[str]:
     busy_machine = (" **The load average was above the core count: other jobs' load swung single figures by "
                     "2-5x between minutes, so compare settings within a row, and read a verdict from one such run "
                     "as an indication, not a proof.**" if load > (part.get("cores") or 1) else "")
+    shared = ("The machine was shared with other work, so *alone* is not quite alone; on a quiet machine rerun "
+              "`python -m bench --parts threads` (about 30-45 minutes on 2 cores)." if load > 1.0 else
+              "The machine was quiet (nothing else running), so *alone* is alone.")
     lines = ["## CPU threads on a shared machine", "",
              f"Measured {part.get('measured_at', '?')} on {cpu}, load average before / after "
              f"{part.get('load_average_before')} / {part.get('load_average_after')}; {part.get('cores')} cores "
-             f"({part.get('affinity')} in the affinity mask), {part.get('seconds', '?')} s. The machine was shared "
-             "with other work, so *alone* is not quite alone; on a quiet machine rerun "
-             f"`python -m bench --parts threads` (about 30-45 minutes on 2 cores).{busy_machine} Settings: "
+             f"({part.get('affinity')} in the affinity mask), {part.get('seconds', '?')} s. {shared}{busy_machine} "
+             "Settings: "
              "`torch` = torch's defaults, `anogen` = the thread policy (what every command applies), "
              "`anogen-spin` = the policy's threads with OpenMP's default spinning wait, `one-thread` = "
              "`ANOGEN_THREADS=1`. Busy neighbours: torch matmul loops with torch's default threads.", "",
@@ -340,11 +349,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.threads", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the plumbing (about a minute)")
     parser.add_argument("--out", type=Path, default=None, help="write the raw results here (JSON)")
+    parser.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} or spin-N")
+    parser.add_argument("--loads", default=None, help="comma-separated busy-neighbour counts (default 0,1,2)")
+    parser.add_argument("--workloads", default=None, help="comma-separated subset of fit,synth")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of every setting (default 1)")
+    parser.add_argument("--no-accelerate", action="store_true", help="skip the two-process fitting")
     args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.modes:
+        overrides["modes"] = overrides["synth_modes"] = args.modes.split(",")
+    if args.loads:
+        overrides["loads"] = [int(x) for x in args.loads.split(",")]
+    if args.workloads:
+        overrides["workloads"] = args.workloads.split(",")
+    if args.rounds:
+        overrides["rounds"] = args.rounds
+    if args.no_accelerate:
+        overrides["accelerate"] = False
     import datetime as dt
 
     load_before = [round(x, 2) for x in os.getloadavg()]
-    part = run(args.quick)
+    part = run(args.quick, **overrides)
     part["measured_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     part["load_average_before"] = load_before
     part["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
