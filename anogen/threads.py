@@ -10,6 +10,12 @@ divides that by the number of anogen processes launched together on this machine
 1. ``--threads N`` (``requested``), 2. the ``ANOGEN_THREADS`` variable, 3. a user-set ``OMP_NUM_THREADS``,
 4. the automatic choice above.
 
+Idle OpenMP threads spin by default, which costs nearly everything on a shared machine and saves about half a
+toy fit step on an idle one, so the wait is chosen from the machine's run queue at start-up: ``PASSIVE`` (sleep)
+when other runnable threads and ours exceed the cores, the runtime's spin otherwise; a user's ``OMP_WAIT_POLICY``
+or ``GOMP_SPINCOUNT`` wins. The wait changes no result, only speed; the thread count does not follow the load,
+since it changes the last bits of float results.
+
 :func:`decide` is pure (inputs in, decision out, with a reason), so it is testable without touching the process;
 :func:`apply_thread_policy` reads the real process, exports the environment variables the OpenMP runtime reads
 at load time (so they also reach every child process), and calls ``torch.set_num_threads`` /
@@ -40,10 +46,14 @@ ENV_EXPORTED = "ANOGEN_THREADS_EXPORTED"
 # CPU), Open MPI and Intel MPI / MPICH (accelerate's multi-CPU launcher uses mpirun).
 LOCAL_SIZE_VARS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
 # torch's CPU wheels ship GNU OpenMP (torch/lib/libgomp.so.1). PASSIVE makes its idle workers sleep at once
-# instead of spinning up to GOMP_SPINCOUNT iterations at every barrier; measured in bench/threads.py and
-# docs/troubleshooting.md ("Several processes on one machine").
-DEFAULT_WAIT_POLICY = "PASSIVE"
+# instead of spinning up to GOMP_SPINCOUNT iterations at every barrier. Measured on a quiet 2-core machine
+# (bench/threads.py, docs/troubleshooting.md "Several processes on one machine"): beside busy processes PASSIVE
+# is 3-5x faster than any spin count tried, alone it is about 2x slower than the default spin (each of a toy fit
+# step's many small parallel regions pays a wake-up). So the policy sleeps only where the machine is shared.
+SHARED_WAIT_POLICY = "PASSIVE"
 WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# The OMP_WAIT_POLICY value anogen exported (as ENV_EXPORTED for the threads): a child process re-decides.
+ENV_WAIT_EXPORTED = "ANOGEN_WAIT_EXPORTED"
 # BLAS libraries that may load beside torch (numpy's OpenBLAS, MKL) start one thread per core unless told.
 BLAS_VARS = ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -62,8 +72,11 @@ class ThreadPolicy:
         quota (`float`, *optional*): the cgroup CPU quota in CPUs (e.g. 1.5); None if unlimited or unknown.
         usable_cores (`int`): what the automatic choice starts from: min(affinity, floor(quota)), at least 1.
         local_world_size (`int`): processes launched together on this machine (1 when not launched).
-        wait_policy (`str`, *optional*): the ``OMP_WAIT_POLICY`` in force (None: the runtime's default).
-        wait_source (`str`): ``"anogen default"``, ``"user"`` or ``"none"``.
+        runnable_others (`int`, *optional*): other threads runnable on the machine when the policy was decided
+            (None where the OS does not say).
+        wait_policy (`str`, *optional*): the ``OMP_WAIT_POLICY`` in force (None: the runtime's default spin).
+        wait_source (`str`): ``"anogen"`` (decided from the load) or ``"user"``.
+        wait_reason (`str`): one line saying why.
     """
 
     threads: int
@@ -75,8 +88,10 @@ class ThreadPolicy:
     quota: float | None
     usable_cores: int
     local_world_size: int
+    runnable_others: int | None
     wait_policy: str | None
     wait_source: str
+    wait_reason: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,8 +133,9 @@ def decide(
     env: Mapping[str, str],
     requested: int | None = None,
     cpu_count: int | None = None,
+    runnable_others: int | None = None,
 ) -> ThreadPolicy:
-    """Decide the thread counts from the given facts; reads nothing else (pure).
+    """Decide the thread counts and the OpenMP wait from the given facts; reads nothing else (pure).
 
     Args:
         affinity (`int`, *optional*): cores in this process's CPU affinity mask.
@@ -127,7 +143,9 @@ def decide(
         env (`Mapping[str, str]`): the environment (``ANOGEN_THREADS``, ``OMP_NUM_THREADS``, ``LOCAL_WORLD_SIZE``,
             ``OMP_WAIT_POLICY``, ...).
         requested (`int`, *optional*): ``--threads``; wins over everything.
-        cpu_count (`int`, *optional*): logical cores of the machine, used only when the affinity is unknown.
+        cpu_count (`int`, *optional*): logical cores of the machine (the affinity stands in when it is unknown).
+        runnable_others (`int`, *optional*): other threads runnable on the machine now (:func:`read_runnable_others`);
+            None when unknown, which counts as shared.
 
     Raises:
         InputError: ``requested`` or ``ANOGEN_THREADS`` is not a whole number >= 1.
@@ -171,15 +189,40 @@ def decide(
         )
         if users_omp:
             reason += f" (OMP_NUM_THREADS={omp!r} is not a number: ignored)"
-    if any(env.get(name, "").strip() for name in WAIT_VARS):
-        wait_policy, wait_source = env.get("OMP_WAIT_POLICY") or None, "user"
-    elif DEFAULT_WAIT_POLICY:
-        wait_policy, wait_source = DEFAULT_WAIT_POLICY, "anogen default"
+    users_wait = {name: env[name] for name in WAIT_VARS if env.get(name, "").strip()}
+    if users_wait.get("OMP_WAIT_POLICY") == env.get(ENV_WAIT_EXPORTED) and "GOMP_SPINCOUNT" not in users_wait:
+        users_wait = {}  # anogen's own, inherited from a parent process: decided afresh here
+    if users_wait:
+        wait_policy, wait_source = users_wait.get("OMP_WAIT_POLICY"), "user"
+        wait_reason = " ".join(f"{name}={value}" for name, value in users_wait.items()) + " set by the user (respected)"
     else:
-        wait_policy, wait_source = None, "none"
+        wait_policy, wait_reason = choose_wait(threads, cpu_count or affinity or usable, runnable_others)
+        wait_source = "anogen"
     return ThreadPolicy(threads=threads, interop_threads=threads, source=source, reason=reason, cpu_count=cpu_count,
                         affinity=affinity, quota=quota, usable_cores=usable, local_world_size=local,
-                        wait_policy=wait_policy, wait_source=wait_source)
+                        runnable_others=runnable_others, wait_policy=wait_policy, wait_source=wait_source,
+                        wait_reason=wait_reason)
+
+
+def choose_wait(threads: int, machine_cores: int, runnable_others: int | None) -> tuple[str | None, str]:
+    """The OpenMP wait for ``threads`` threads: PASSIVE where the machine is shared, else the runtime's spin.
+
+    Shared means other runnable threads plus ours exceed the machine's cores: a spinning thread then holds a core
+    that the thread it waits for (or a neighbour) needs. ``runnable_others`` counts the whole machine (the kernel's
+    run queue), so it is compared with the machine's cores, not the affinity. A process that starts alone keeps
+    spinning when neighbours start later: set ``OMP_WAIT_POLICY=PASSIVE`` on runners that are always shared.
+
+    Returns:
+        (``"PASSIVE"`` or None for the runtime's default, a one-line reason).
+    """
+    if threads <= 1:
+        return None, "one thread: no OpenMP worker waits"
+    if runnable_others is None:
+        return SHARED_WAIT_POLICY, "the machine's load is unknown: idle threads sleep (safe when it is shared)"
+    seen = f"{runnable_others} other runnable threads + {threads} of ours on {machine_cores} cores"
+    if runnable_others + threads > machine_cores:
+        return SHARED_WAIT_POLICY, f"{seen}: shared, idle threads sleep"
+    return None, f"{seen}: idle machine, the OpenMP runtime's spinning wait (fastest alone)"
 
 
 # ------------------------------------------------------------------------------------- reading the process
@@ -260,10 +303,30 @@ def read_cpu_quota(root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path
     return min(found) if found else None
 
 
+def read_runnable_others(loadavg: Path = Path("/proc/loadavg"), readings: int = 3, gap_s: float = 0.002) -> int | None:
+    """Threads runnable on the machine now besides this one: the most of a few readings (None: not Linux).
+
+    The fourth field of ``/proc/loadavg`` is "runnable/total" scheduling entities at this instant, the reader
+    included. Unlike the load averages it does not lag: a neighbour that stopped a second ago is not counted.
+    """
+    import time
+
+    seen: list[int] = []
+    for i in range(readings):
+        fields = (_read(loadavg) or "").split()
+        running = fields[3].split("/")[0] if len(fields) > 3 else ""
+        if not running.isdigit():
+            return None
+        seen.append(max(0, int(running) - 1))
+        if i + 1 < readings:
+            time.sleep(gap_s)
+    return max(seen) if seen else None
+
+
 def current_policy(requested: int | None = None, env: Mapping[str, str] | None = None) -> ThreadPolicy:
-    """:func:`decide` on this process's real affinity, cgroup quota and environment (changes nothing)."""
+    """:func:`decide` on this process's real affinity, cgroup quota, machine load and environment (changes nothing)."""
     return decide(affinity=read_affinity(), quota=read_cpu_quota(), env=os.environ if env is None else env,
-                  requested=requested, cpu_count=os.cpu_count())
+                  requested=requested, cpu_count=os.cpu_count(), runnable_others=read_runnable_others())
 
 
 # ------------------------------------------------------------------------------------------------ applying
@@ -279,10 +342,10 @@ def applied_policy() -> ThreadPolicy | None:
 def apply_thread_policy(requested: int | None = None, env: MutableMapping[str, str] | None = None) -> ThreadPolicy:
     """Decide the policy for this process and apply it; call it once, at start-up (the CLI does).
 
-    Exports ``OMP_NUM_THREADS`` (and ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` unless set) and the OpenMP
-    wait policy, which the runtimes read when they load, so child processes get them too; then sets torch's intra-
-    and inter-op threads, now if torch is imported, else right after its first import. Calling it again
-    re-decides and re-applies the intra-op threads (inter-op threads can only be set once per process).
+    Exports ``OMP_NUM_THREADS`` (and ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` unless set) and, on a shared
+    machine, ``OMP_WAIT_POLICY=PASSIVE``, which the runtimes read when they load, so child processes get them too;
+    then sets torch's intra- and inter-op threads, now if torch is imported, else right after its first import.
+    Calling it again re-decides and re-applies the intra-op threads (inter-op threads can only be set once per process).
 
     Raises:
         InputError: ``requested`` or ``ANOGEN_THREADS`` is not a whole number >= 1.
@@ -297,8 +360,12 @@ def apply_thread_policy(requested: int | None = None, env: MutableMapping[str, s
         env[ENV_EXPORTED] = str(policy.threads)
     for name in BLAS_VARS:
         env.setdefault(name, str(policy.threads))
-    if policy.wait_source == "anogen default" and policy.wait_policy:
-        env["OMP_WAIT_POLICY"] = policy.wait_policy
+    if policy.wait_source == "anogen":
+        if policy.wait_policy:
+            env["OMP_WAIT_POLICY"] = env[ENV_WAIT_EXPORTED] = policy.wait_policy
+        elif env.get(ENV_WAIT_EXPORTED):  # a parent's choice, not ours: the runtime's default here
+            env.pop("OMP_WAIT_POLICY", None)
+            env.pop(ENV_WAIT_EXPORTED, None)
     _applied = policy
     if "torch" in sys.modules:
         configure_torch(policy)

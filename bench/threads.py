@@ -5,9 +5,11 @@ with torch's default threads, the kind of neighbour a shared CI runner has), und
 measured process, interleaved round by round so that load changes hit them alike:
 
 * ``torch``: torch's defaults (no thread variables: one intra-op thread per core, OpenMP's spinning wait);
-* ``anogen``: ``anogen.threads.apply_thread_policy()`` (what every ``anogen`` command does at start-up);
-* ``anogen-spin``: the policy's thread count with the OpenMP runtime's default wait (``OMP_WAIT_POLICY`` unset),
-  which isolates the effect of ``OMP_WAIT_POLICY=PASSIVE``;
+* ``anogen``: ``anogen.threads.apply_thread_policy()`` (what every ``anogen`` command does at start-up: it sleeps
+  idle OpenMP threads where the machine is shared, and leaves the runtime's spin where it is idle);
+* ``anogen-passive``: the policy's threads with ``OMP_WAIT_POLICY=PASSIVE`` always (the policy's wait before
+  2026-12-03);
+* ``anogen-spin``: the policy's thread count with the OpenMP runtime's default wait (``OMP_WAIT_POLICY`` unset);
 * ``one-thread``: ``ANOGEN_THREADS=1``, for reference;
 * ``spin-N`` (not run by default; ``--modes``): the policy's threads with ``GOMP_SPINCOUNT=N``, a bounded spin
   before a waiting OpenMP thread sleeps (``spin-0`` sleeps at once, as ``PASSIVE`` does).
@@ -41,7 +43,7 @@ if __package__ in (None, ""):  # `python bench/threads.py`
 
 from bench.common import ROOT  # noqa: E402
 
-MODES = ("torch", "anogen", "anogen-spin", "one-thread")
+MODES = ("torch", "anogen", "anogen-passive", "anogen-spin", "one-thread")
 # Variables a caller may have set that would change what "torch's default" means in the measured process.
 CLEARED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
            "ANOGEN_THREADS", "ANOGEN_THREADS_EXPORTED", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE",
@@ -75,6 +77,8 @@ def mode_env(mode: str) -> dict[str, str]:
         return clean_env(ANOGEN_THREADS="1", BENCH_POLICY="1")
     if mode == "anogen":
         return clean_env(BENCH_POLICY="1")
+    if mode == "anogen-passive":
+        return clean_env(BENCH_POLICY="1", OMP_WAIT_POLICY="PASSIVE")
     if mode.startswith("spin-"):  # a user-set GOMP_SPINCOUNT: the policy leaves the wait to the runtime
         return clean_env(BENCH_POLICY="1", GOMP_SPINCOUNT=str(int(mode.removeprefix("spin-"))))
     if mode != "torch":
@@ -242,6 +246,7 @@ def run(quick: bool, work: Path | None = None, **overrides: Any) -> dict[str, An
                 ok = [r for r in runs if "median_s" in r]
                 per_mode[mode] = {"median_s": statistics.median(r["median_s"] for r in ok) if ok else None,
                                   "threads": ok[0]["threads"] if ok else None,
+                                  "waits": sorted({r.get("omp_wait_policy") or "spin" for r in ok}),
                                   "steps": sum(len(r["all_s"]) for r in ok), "runs": runs}
     if config["accelerate"]:
         with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
@@ -305,14 +310,17 @@ def section(part: dict[str, Any]) -> list[str]:
              f"{part.get('load_average_before')} / {part.get('load_average_after')}; {part.get('cores')} cores "
              f"({part.get('affinity')} in the affinity mask), {part.get('seconds', '?')} s. {shared}{busy_machine} "
              "Settings: "
-             "`torch` = torch's defaults, `anogen` = the thread policy (what every command applies), "
+             "`torch` = torch's defaults, `anogen` = the thread policy (what every command applies: it sleeps "
+             "idle OpenMP threads when the machine is shared at start-up, spins when it is idle), `anogen-passive` "
+             "= the policy's threads with `OMP_WAIT_POLICY=PASSIVE` always (the default before 2026-12-03), "
              "`anogen-spin` = the policy's threads with OpenMP's default spinning wait, `one-thread` = "
              "`ANOGEN_THREADS=1`. Busy neighbours: torch matmul loops with torch's default threads.", "",
              "| goal | measured | goal | verdict |", "| --- | --- | --- | --- |"]
     for name, value, text, met in goals(part):
         verdict = "-" if met is None else ("**met**" if met else "**not met**")
         lines.append(f"| {name} | {_f(value, 'x')} | {text} | {verdict} |")
-    lines += ["", "Seconds per step (median; threads used in brackets) and slowdown against the same setting alone:",
+    lines += ["", "Seconds per step (median; threads and OpenMP wait used in brackets) and slowdown against the same "
+              "setting alone:",
               "", "| workload | busy neighbours | " + " | ".join(part["settings"]["modes"]) + " |",
               "| --- | --- | " + " | ".join("---" for _ in part["settings"]["modes"]) + " |"]
     ratios = slowdowns(part)
@@ -325,7 +333,8 @@ def section(part: dict[str, Any]) -> list[str]:
                 if not block:
                     cells.append("")
                     continue
-                cells.append(f"{_f(block.get('median_s'))} s [{block.get('threads')}]"
+                waits = "/".join(block.get("waits") or [])
+                cells.append(f"{_f(block.get('median_s'))} s [{block.get('threads')}{', ' + waits if waits else ''}]"
                              + (f", {_f(ratio, 'x')}" if load != "0" else ""))
             lines.append(f"| {workload} | {load} | " + " | ".join(cells) + " |")
     acc = part.get("accelerate")

@@ -69,6 +69,13 @@ def test_modes_start_from_a_clean_environment(monkeypatch):
     assert "OMP_NUM_THREADS" not in clean_env() and "LOCAL_WORLD_SIZE" not in clean_env()
     assert "BENCH_POLICY" not in mode_env("torch") and mode_env("anogen")["BENCH_POLICY"] == "1"
     assert mode_env("one-thread")["ANOGEN_THREADS"] == "1"
+    assert mode_env("anogen-passive")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert mode_env("spin-3000")["GOMP_SPINCOUNT"] == "3000" and mode_env("spin-3000")["BENCH_POLICY"] == "1"
+    with pytest.raises(ValueError):
+        mode_env("anogen-fast")
+    part = _part()
+    part["timings"]["fit"]["2"]["anogen"]["waits"] = ["PASSIVE"]
+    assert "3.20 s [2, PASSIVE], 3.14x" in "\n".join(section(part))
 
 
 def test_a_busy_neighbour_stops_by_itself():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from anogen import threads
 from anogen.errors import InputError
 from anogen.threads import ENV_EXPORTED, decide, read_cpu_quota, usable_cores
 
@@ -99,12 +100,40 @@ def test_usable_cores_takes_the_tighter_of_affinity_and_quota():
     assert usable_cores(None, None, cpu_count=6) == 6  # no affinity API (macOS): the machine's count
 
 
-def test_wait_policy_is_passive_by_default_and_the_users_when_set():
-    assert decide(affinity=2, quota=None, env={}).wait_policy == "PASSIVE"
-    active = decide(affinity=2, quota=None, env={"OMP_WAIT_POLICY": "ACTIVE"})
+def test_wait_sleeps_where_the_machine_is_shared_and_spins_where_it_is_idle():
+    idle = decide(affinity=2, quota=None, env={}, cpu_count=2, runnable_others=0)
+    assert (idle.wait_policy, idle.wait_source) == (None, "anogen") and "idle machine" in idle.wait_reason
+    # One busy neighbour thread + our two on two cores: a spinning thread would hold a core the others need.
+    shared = decide(affinity=2, quota=None, env={}, cpu_count=2, runnable_others=1)
+    assert (shared.wait_policy, shared.wait_source) == ("PASSIVE", "anogen") and "shared" in shared.wait_reason
+    # Two neighbours on an 8-core machine leave room for our 4 threads.
+    assert decide(affinity=4, quota=None, env={}, cpu_count=8, runnable_others=2).wait_policy is None
+    assert decide(affinity=4, quota=None, env={}, cpu_count=8, runnable_others=5).wait_policy == "PASSIVE"
+    unknown = decide(affinity=2, quota=None, env={}, cpu_count=2, runnable_others=None)
+    assert unknown.wait_policy == "PASSIVE"  # no run queue to read (not Linux): the safe choice when shared
+    one = decide(affinity=2, quota=None, env={"ANOGEN_THREADS": "1"}, cpu_count=2, runnable_others=6)
+    assert one.wait_policy is None and "one thread" in one.wait_reason  # nothing waits: nothing to change
+
+
+def test_a_users_wait_setting_wins_and_an_inherited_one_is_decided_afresh():
+    active = decide(affinity=2, quota=None, env={"OMP_WAIT_POLICY": "ACTIVE"}, runnable_others=5)
     assert (active.wait_policy, active.wait_source) == ("ACTIVE", "user")
-    spin = decide(affinity=2, quota=None, env={"GOMP_SPINCOUNT": "10000"})
-    assert (spin.wait_policy, spin.wait_source) == (None, "user")
+    spin = decide(affinity=2, quota=None, env={"GOMP_SPINCOUNT": "10000"}, runnable_others=5)
+    assert (spin.wait_policy, spin.wait_source) == (None, "user") and "GOMP_SPINCOUNT=10000" in spin.wait_reason
+    inherited = {"OMP_WAIT_POLICY": "PASSIVE", threads.ENV_WAIT_EXPORTED: "PASSIVE"}
+    child = decide(affinity=2, quota=None, env=inherited, cpu_count=2, runnable_others=0)
+    assert (child.wait_policy, child.wait_source) == (None, "anogen")
+
+
+def test_runnable_others_reads_the_run_queue_without_counting_the_reader(tmp_path):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("3.91 2.10 1.05 5/312 48211\n")
+    assert threads.read_runnable_others(loadavg, readings=2, gap_s=0) == 4
+    loadavg.write_text("0.00 0.01 0.05 1/120 77\n")
+    assert threads.read_runnable_others(loadavg, readings=1) == 0
+    loadavg.write_text("garbled\n")
+    assert threads.read_runnable_others(loadavg) is None
+    assert threads.read_runnable_others(tmp_path / "missing") is None
 
 
 # -------------------------------------------------------------------------------------- cgroup quota files
@@ -171,14 +200,17 @@ def test_applied_before_torch_loads_torch_gets_the_threads_on_its_first_import()
             "from anogen.threads import apply_thread_policy\n"
             "policy = apply_thread_policy()\n"
             "assert 'torch' not in sys.modules\n"
-            "exported = (os.environ['OMP_NUM_THREADS'], os.environ['OMP_WAIT_POLICY'])\n"
+            "exported = (os.environ['OMP_NUM_THREADS'], os.environ.get('OMP_WAIT_POLICY', 'spin'))\n"
             "os.environ['OMP_NUM_THREADS'] = '1'\n"
             "import torch\n"
-            "print(policy.threads, torch.get_num_threads(), torch.get_num_interop_threads(), *exported)\n")
+            "print(policy.threads, torch.get_num_threads(), torch.get_num_interop_threads(), *exported,\n"
+            "      policy.wait_policy or 'spin')\n")
     out = subprocess.run([sys.executable, "-c", code], env=_env(ANOGEN_THREADS="3"), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["3", "3", "3", "3", "PASSIVE"]
+    *counts, exported_wait, decided_wait = out.stdout.split()
+    assert counts == ["3", "3", "3", "3"]
+    assert exported_wait == decided_wait  # exported exactly when the policy chose to sleep (it depends on the load)
 
 
 def test_applied_after_torch_loaded_it_sets_the_threads_at_once():
@@ -207,10 +239,10 @@ def test_env_under_taskset_to_one_core_reports_one_thread():
 
 
 def test_threads_option_reaches_torch_and_env_says_why():
-    info = _anogen_env(["--threads", "3"], OMP_NUM_THREADS="1")
+    info = _anogen_env(["--threads", "3"], OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     assert (info["threads_chosen"], info["threads_source"], info["threads_reason"]) == (3, "--threads", "--threads 3")
     assert info["cpu_threads"] == 3 and info["interop_threads"] == 3
-    assert info["omp_wait_policy"] == "PASSIVE (anogen default)"
+    assert info["omp_wait_policy"] == "PASSIVE (user)"  # set by the test: respected, not decided from the load
 
 
 def test_bad_thread_settings_exit_2_with_one_line():
@@ -230,10 +262,16 @@ def test_apply_exports_the_decision_for_child_processes_and_keeps_a_users_value(
     monkeypatch.setattr(threads, "read_cpu_quota", lambda: None)
     monkeypatch.setattr(threads, "configure_torch", lambda policy: None)
     monkeypatch.setattr(threads, "_install_import_hook", lambda: None)
+    monkeypatch.setattr(threads, "read_runnable_others", lambda: 3)
     env: dict[str, str] = {"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "8"}  # a launcher's value, over the share
     policy = threads.apply_thread_policy(env=env)
     assert policy.threads == 2 and env["OMP_NUM_THREADS"] == "2" and env[ENV_EXPORTED] == "2"
     assert env["MKL_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setattr(threads, "read_runnable_others", lambda: 0)  # a child on a machine that became idle
+    monkeypatch.setattr(threads, "read_affinity", lambda: 2)
+    child = {**env, "LOCAL_WORLD_SIZE": "1"}
+    threads.apply_thread_policy(env=child)
+    assert "OMP_WAIT_POLICY" not in child and threads.ENV_WAIT_EXPORTED not in child
     users = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
     assert threads.apply_thread_policy(env=users).threads == 3
     assert users["OMP_NUM_THREADS"] == "3" and ENV_EXPORTED not in users and users["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -56,7 +56,9 @@ def thread_info() -> dict[str, object]:
         "threads_chosen": policy.threads,
         "threads_source": policy.source,
         "threads_reason": policy.reason,
-        "omp_wait_policy": f"{policy.wait_policy or 'runtime default'} ({policy.wait_source})",
+        "runnable_others": policy.runnable_others,
+        "omp_wait_policy": f"{policy.wait_policy or 'runtime default (spin)'} ({policy.wait_source})",
+        "omp_wait_reason": policy.wait_reason,
     }
 
 
