@@ -303,12 +303,16 @@ def read_cpu_quota(root: Path = Path("/sys/fs/cgroup"), self_cgroup: Path = Path
     return min(found) if found else None
 
 
-def read_runnable_others(loadavg: Path = Path("/proc/loadavg"), readings: int = 3, gap_s: float = 0.002) -> int | None:
-    """Threads runnable on the machine now besides this one: the most of a few readings (None: not Linux).
+def read_runnable_others(loadavg: Path = Path("/proc/loadavg"), readings: int = 5, gap_s: float = 0.004) -> int | None:
+    """Threads runnable on the machine now besides this one: the median of a few readings (None: not Linux).
 
     The fourth field of ``/proc/loadavg`` is "runnable/total" scheduling entities at this instant, the reader
     included. Unlike the load averages it does not lag: a neighbour that stopped a second ago is not counted.
+    A busy neighbour is runnable in every reading, a passing kernel thread or a process that is exiting in one:
+    the median keeps the first and drops the second (the most of three readings once chose PASSIVE on an idle
+    machine and cost that run 2x).
     """
+    import statistics
     import time
 
     seen: list[int] = []
@@ -320,7 +324,7 @@ def read_runnable_others(loadavg: Path = Path("/proc/loadavg"), readings: int = 
         seen.append(max(0, int(running) - 1))
         if i + 1 < readings:
             time.sleep(gap_s)
-    return max(seen) if seen else None
+    return int(statistics.median_low(seen)) if seen else None
 
 
 def current_policy(requested: int | None = None, env: Mapping[str, str] | None = None) -> ThreadPolicy:

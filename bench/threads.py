@@ -303,7 +303,7 @@ def section(part: dict[str, Any]) -> list[str]:
                     "2-5x between minutes, so compare settings within a row, and read a verdict from one such run "
                     "as an indication, not a proof.**" if load > (part.get("cores") or 1) else "")
     shared = ("The machine was shared with other work, so *alone* is not quite alone; on a quiet machine rerun "
-              "`python -m bench --parts threads` (about 30-45 minutes on 2 cores)." if load > 1.0 else
+              "`python -m bench --parts threads` (about 15 minutes on 2 cores)." if load > 1.0 else
               "The machine was quiet (nothing else running), so *alone* is alone.")
     lines = ["## CPU threads on a shared machine", "",
              f"Measured {part.get('measured_at', '?')} on {cpu}, load average before / after "

@@ -125,7 +125,7 @@ def test_a_users_wait_setting_wins_and_an_inherited_one_is_decided_afresh():
     assert (child.wait_policy, child.wait_source) == (None, "anogen")
 
 
-def test_runnable_others_reads_the_run_queue_without_counting_the_reader(tmp_path):
+def test_runnable_others_reads_the_run_queue_without_counting_the_reader(tmp_path, monkeypatch):
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("3.91 2.10 1.05 5/312 48211\n")
     assert threads.read_runnable_others(loadavg, readings=2, gap_s=0) == 4
@@ -134,6 +134,10 @@ def test_runnable_others_reads_the_run_queue_without_counting_the_reader(tmp_pat
     loadavg.write_text("garbled\n")
     assert threads.read_runnable_others(loadavg) is None
     assert threads.read_runnable_others(tmp_path / "missing") is None
+    # A thread runnable in one reading of five (a kernel thread, an exiting process) is not a busy neighbour.
+    counts = iter(["1/200", "3/200", "1/200", "1/200", "2/200"])
+    monkeypatch.setattr(threads, "_read", lambda path: f"0.1 0.1 0.1 {next(counts)} 9")
+    assert threads.read_runnable_others(loadavg, readings=5, gap_s=0) == 0
 
 
 # -------------------------------------------------------------------------------------- cgroup quota files
