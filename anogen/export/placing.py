@@ -14,7 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +26,7 @@ from anogen.export.config import ExportConfig
 from anogen.export.pixels import render_image, render_mask
 from anogen.export.planning import PlannedFile, image_target
 from anogen.export.probe import Probe, SourceCache, linkable, probe
-from anogen.io import SCHEMA_VERSION, encode_png, write_bytes_replace
+from anogen.io import SCHEMA_VERSION, encode_png, sync_filesystem, write_bytes_replace
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +37,19 @@ CHECKPOINT_FILES = 1000
 CHECKPOINT_S = 2.0
 # Conversions go to worker processes only when at least this many files are left: starting one costs ~0.5 s.
 POOL_MIN_FILES = 256
+# Start the file system's writeback in the background at every checkpoint (see Writeback).
+BACKGROUND_WRITEBACK = True
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
 class Written(NamedTuple):
-    """One file put in place: how, its size and sha256, and its ``stat`` (for the next run's no-op check)."""
+    """One file put in place: how, its size and sha256."""
 
     placed: str
     bytes: int
     sha256: str
-    stat: os.stat_result
-
 
 
 def read_source(path: str, size: int) -> bytes:
@@ -99,50 +103,121 @@ class Sources:
 # ------------------------------------------------------------------------------------------ placing files
 
 
-def _tmp_path(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+def _tmp_path(dst: str) -> str:
+    head, name = os.path.split(dst)
+    return f"{head}/.{name}.{os.getpid()}.tmp"
 
 
-def _convert(src: Path, dst: Path, role: str, size: tuple[int, int], mode: str) -> Written:
+def _convert(src: Path, dst: str, role: str, size: tuple[int, int], mode: str) -> Written:
     """Render ``src`` as the export writes it (mask: 0/255 nearest; image: ``mode`` bicubic) into ``dst``."""
     data = encode_png(render_mask(src, size) if role == "mask" else render_image(src, size, mode))
-    st = write_bytes_replace(dst, data, tmp=_tmp_path(dst))
-    return Written("converted", len(data), hashlib.sha256(data).hexdigest(), st)
+    write_bytes_replace(dst, data, tmp=_tmp_path(dst))
+    return Written("converted", len(data), hashlib.sha256(data).hexdigest())
 
 
 def _convert_job(src: str, dst: str, role: str, size: tuple[int, int], mode: str) -> Written:
-    """:func:`_convert` in a worker process (plain arguments; the result's stat pickles as a tuple-like)."""
-    return _convert(Path(src), Path(dst), role, size, mode)
+    """:func:`_convert` in a worker process (plain arguments)."""
+    return _convert(Path(src), dst, role, size, mode)
+
+
+def _link_into_place(src: str, dst: str) -> None:
+    """Hard-link ``src`` at ``dst``: directly when ``dst`` is free (a link appears complete, there is nothing to
+    tear), else through a temp name and a rename over the old file."""
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        pass
+    tmp = _tmp_path(dst)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _copy_into_place(src: str, dst: str, size: int) -> int:
+    """Copy ``src`` to ``dst`` through a temp name, inside the kernel (``sendfile``: no bytes pass through
+    Python); returns the bytes copied. The file gets the mode ``open()`` would give under the umask."""
+    tmp = _tmp_path(dst)
+    fd_out = os.open(tmp, _CREATE, 0o666)
+    try:
+        try:
+            fd_in = os.open(src, _READ)
+            try:
+                copied = _send_all(fd_in, fd_out, size)
+            finally:
+                os.close(fd_in)
+        finally:
+            os.close(fd_out)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return copied
+
+
+def _send_all(fd_in: int, fd_out: int, size: int) -> int:
+    """Every byte of ``fd_in`` into ``fd_out``. The first call asks for one byte more than ``size``: a file that
+    still has the size it was stat'ed with is then copied in one call, its end found without a second one."""
+    if not hasattr(os, "sendfile"):
+        return _read_write_all(fd_in, fd_out)
+    copied, want, first = 0, size + 1, True
+    while True:
+        try:
+            sent = os.sendfile(fd_out, fd_in, None, want)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or copied:
+                raise
+            return _read_write_all(fd_in, fd_out)  # no sendfile into a file here (some file systems)
+        copied += sent
+        # A regular file gives less than asked for only at its end.
+        if sent == 0 or (first and sent == size):
+            return copied
+        want, first = 1 << 20, False
+
+
+def _read_write_all(fd_in: int, fd_out: int) -> int:
+    copied = 0
+    while chunk := os.read(fd_in, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd_out, view) :]
+        copied += len(chunk)
+    return copied
 
 
 def write_planned(
-    pf: PlannedFile, out: Path, link: str, *, data: bytes | None = None, facts: Probe | None = None
+    pf: PlannedFile, out: Path, link: str, *, data: bytes | None = None, facts: Probe | None = None,
+    size: int | None = None,
 ) -> Written:
     """Write one planned file under ``out``: placed as is (copy, hard link, symlink) when it needs no conversion.
 
-    ``data`` and ``facts`` are the source's bytes and probe when the caller has them already.
+    ``data`` and ``facts`` are the source's bytes and probe when the caller has them already; ``size`` its size
+    (from the caller's ``stat``).
     """
     src = str(pf.src)
     if facts is None:
         if data is None:
             data = read_source(src, os.stat(src).st_size)
         facts = probe(data, need_binary=pf.role == "mask")
-    dst = out / pf.rel
+    dst = f"{out}/{pf.rel}"
     if not linkable(facts, pf.role, pf.size, pf.mode):
         return _convert(pf.src, dst, pf.role, pf.size or image_target(pf.src, None), pf.mode)
-    tmp = _tmp_path(dst)
+    if size is None:
+        size = len(data) if data is not None else os.stat(src).st_size
     if link == "hardlink":
         try:
-            os.link(src, tmp)
-            os.replace(tmp, dst)
-            st = os.stat(dst)
-            return Written("hardlink", st.st_size, facts.sha256, st)
+            _link_into_place(src, dst)
+            return Written("hardlink", size, facts.sha256)
         except OSError as exc:
             # EXDEV (another file system), EPERM (FAT, some network shares): a copy is always possible.
             logger.info("hard link %s -> %s failed (%s); copying", src, dst, errno.errorcode.get(exc.errno, exc))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
     elif link == "symlink":
+        tmp = _tmp_path(dst)
         try:
             os.symlink(pf.src.resolve(), tmp)
             os.replace(tmp, dst)
@@ -150,18 +225,39 @@ def write_planned(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        st = os.stat(dst)
-        return Written("symlink", st.st_size, facts.sha256, st)
-    if data is None:
-        data = read_source(src, os.stat(src).st_size)
-    st = write_bytes_replace(dst, data, tmp=tmp)
-    return Written("copy", len(data), facts.sha256, st)
+        return Written("symlink", os.stat(dst).st_size, facts.sha256)
+    if data is not None:
+        write_bytes_replace(dst, data, tmp=_tmp_path(dst))
+        return Written("copy", len(data), facts.sha256)
+    return Written("copy", _copy_into_place(src, dst, size), facts.sha256)
+
+
+class Writeback:
+    """The file system's writeback of what an export has written so far, started in a background thread at the
+    journal's checkpoints (one sync in flight at a time), so that the one sync before ``export.json`` finds little
+    left to wait for. It promises nothing by itself: that sync is what makes the export durable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not BACKGROUND_WRITEBACK or (self.thread is not None and self.thread.is_alive()):
+            return
+        # The sync runs in C with the GIL released: the export goes on meanwhile.
+        self.thread = threading.Thread(target=sync_filesystem, args=(self.path,), name="anogen-writeback",
+                                       daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 class Journal:
     """The journal of an export in progress: rows buffered and appended at checkpoints."""
 
-    def __init__(self, out: Path, fmt: str, fresh: bool) -> None:
+    def __init__(self, out: Path, fmt: str, fresh: bool, on_checkpoint: Callable[[], None] | None = None) -> None:
         path = out / JOURNAL
         if fresh:
             with contextlib.suppress(FileNotFoundError):
@@ -174,6 +270,7 @@ class Journal:
             self.handle.flush()
         self.pending: list[str] = []
         self.last = time.monotonic()
+        self.on_checkpoint = on_checkpoint
 
     def add(self, row: dict[str, Any]) -> None:
         # Spelled out (one row per file): the same JSON object json.dumps would write, several times faster.
@@ -192,6 +289,8 @@ class Journal:
             self.pending = []
         self.handle.flush()
         self.last = time.monotonic()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     def close(self) -> None:
         self.checkpoint()
@@ -216,7 +315,7 @@ class Converter:
             # spawn: a forked child could inherit a lock held by another thread (the CLI's progress display).
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         size = pf.size or image_target(pf.src, None)
-        job = self.pool.submit(_convert_job, str(pf.src), str(out / pf.rel), pf.role, tuple(size), pf.mode)
+        job = self.pool.submit(_convert_job, str(pf.src), f"{out}/{pf.rel}", pf.role, tuple(size), pf.mode)
         self.pending[job] = (pf, fp)
         return self.collect(block=len(self.pending) >= 4 * self.workers)
 

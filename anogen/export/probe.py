@@ -165,22 +165,20 @@ def cache_file(out: Path) -> Path:
 
 
 class SourceCache:
-    """Probes of source files by path, trusted while (size, mtime, inode) are unchanged; plus the last run's state.
+    """Probes of source files by path, trusted while (size, mtime, inode) are unchanged.
 
-    ``state`` holds what the last complete export of the folder knew: the quick key of its inputs, its digest and
-    the (size, mtime) of every file it wrote, so an unchanged re-export is recognised from ``stat`` calls alone.
+    (Whether a whole export is up to date is :mod:`anogen.export.uptodate`'s, in a file of its own beside this one:
+    a no-op run then never parses the probes of every source.)
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.started = time.time_ns()
         self.entries: dict[str, list[Any]] = {}
-        self.state: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             doc = json.loads(path.read_bytes())
             if doc.get("schema_version") == CACHE_SCHEMA:
                 self.entries = dict(doc["entries"])
-                self.state = dict(doc.get("state") or {})
         self.changed = False
 
     def get(self, path: str, st: os.stat_result, need_binary: bool) -> Probe | None:
@@ -197,7 +195,8 @@ class SourceCache:
 
     def put(self, path: str, st: os.stat_result, facts: Probe) -> None:
         if self.is_racy(st.st_mtime_ns):
-            self.entries.pop(path, None)
+            if self.entries.pop(path, None) is not None:
+                self.changed = True
             return
         self.entries[path] = [st.st_size, st.st_mtime_ns, st.st_ino, facts.sha256,
                               list(facts.png) if facts.png else None, facts.binary]
@@ -206,8 +205,12 @@ class SourceCache:
     def save(self, keep: set[str] | None = None) -> None:
         """Write the cache (best effort: a read-only home only costs the next run time)."""
         if keep is not None:
-            self.entries = {k: v for k, v in self.entries.items() if k in keep}
-        doc = {"schema_version": CACHE_SCHEMA, "entries": self.entries, "state": self.state}
+            kept = {k: v for k, v in self.entries.items() if k in keep}
+            if len(kept) != len(self.entries):
+                self.entries, self.changed = kept, True
+        if not self.changed and self.path.is_file():
+            return  # nothing new: rewriting the same entries would only cost time
+        doc = {"schema_version": CACHE_SCHEMA, "entries": self.entries}
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_replace(self.path, json.dumps(doc, separators=(",", ":")).encode())

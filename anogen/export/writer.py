@@ -35,9 +35,19 @@ from typing import Any, Literal
 from anogen import __version__
 from anogen.errors import AnogenError, InputError
 from anogen.export.config import ExportConfig
+from anogen.export.items import Provenance
 from anogen.export.notice import NOTICE_FILE, dataset_licence, notice_text
-from anogen.export.placing import JOURNAL, Converter, Journal, Sources, Written, worker_count, write_planned
-from anogen.export.planning import RENDER_VERSION, ExportPlan, GeneratedFile, PlannedFile
+from anogen.export.placing import (
+    JOURNAL,
+    Converter,
+    Journal,
+    Sources,
+    Writeback,
+    Written,
+    worker_count,
+    write_planned,
+)
+from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile
 from anogen.export.probe import SourceCache, cache_file, linkable
 from anogen.io import (
     SCHEMA_VERSION,
@@ -56,8 +66,9 @@ logger = logging.getLogger(__name__)
 EXPORT_JSON = "export.json"
 EXPORT_MANIFEST = "export_manifest.jsonl"
 _PROGRESS_EVERY = 256
-# One encoder for every manifest row: json.dumps builds a new one per call.
+# One encoder for the manifest's unusual values: json.dumps builds a new one per call.
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True)
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -132,12 +143,15 @@ def _rows_by(path: Path, key: str) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _still_there(out: Path, row: dict[str, Any]) -> bool:
+def _still_there(out: Path, row: dict[str, Any], completed_ns: int | None = None) -> bool:
+    """Whether the file of ``row`` still has its recorded size and, when the export was completed at
+    ``completed_ns`` (export.json's mtime), was not modified after that (an edit that kept the size)."""
     path = out / row["rel" if "rel" in row else "path"]
     try:
-        return path.stat().st_size == row.get("bytes")
+        st = path.stat()
     except OSError:
         return False
+    return st.st_size == row.get("bytes") and (completed_ns is None or st.st_mtime_ns <= completed_ns)
 
 
 # ------------------------------------------------------------------------------------------------ the export
@@ -147,38 +161,6 @@ def _config_record(config: ExportConfig, *drop: str) -> dict[str, Any]:
     # ``force`` and ``workers`` say how this run was invoked, not what it made: a forced or parallel rebuild of the
     # same inputs is byte-identical.
     return {k: v for k, v in config.to_dict().items() if k not in ("force", "workers", *drop)}
-
-
-def _quick_key(plan: ExportPlan, config: ExportConfig, out: Path, sources: Sources) -> str:
-    """A digest of everything the export digest covers, with each source's (size, mtime, inode) for its sha256."""
-    digest = hashlib.sha256()
-    head = {"format": plan.format, "out": str(out), "config": _config_record(config, "out"), "render": RENDER_VERSION,
-            "generated": sorted(g.rel for g in plan.generated), "version": 1}
-    digest.update(json.dumps(head, sort_keys=True).encode())
-    lines = []
-    for pf in plan.files:
-        st = sources.stat(str(pf.src))
-        lines.append(f"{pf.rel}\t{pf.role}\t{pf.src}\t{pf.size}\t{pf.mode}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}")
-    for path in plan.depends:
-        st = sources.stat(str(path))
-        lines.append(f"depends\t{path}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}")
-    digest.update("\n".join(lines).encode())
-    return digest.hexdigest()
-
-
-def _outputs_unchanged(out: Path, recorded: Any) -> bool:
-    """Every file the last run wrote still has the size and mtime it had then."""
-    if not isinstance(recorded, dict) or not recorded:
-        return False
-    root = str(out)
-    try:
-        for rel, (size, mtime) in recorded.items():
-            st = os.stat(f"{root}/{rel}")
-            if st.st_size != size or st.st_mtime_ns != mtime:
-                return False
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
 
 
 def _export_digest(plan: ExportPlan, config: ExportConfig, out: Path, fingerprints: dict[str, str],
@@ -243,21 +225,15 @@ def run_plan(
 
     cache = SourceCache(cache_file(out))
     sources = Sources(cache)
-    quick = _quick_key(plan, config, out, sources)
     total = len(plan.files)
-    if state == "ours" and not config.force:
-        with contextlib.suppress(OSError, ValueError):
-            record = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
-            last = cache.state
-            if (last.get("quick") == quick and record.get("digest") == last.get("digest")
-                    and _outputs_unchanged(out, last.get("outputs"))):
-                logger.info("%s is up to date (no input changed since the last run)", out)
-                files = int(record.get("files", len(last["outputs"])))
-                return ExportResult(out, plan.format, "up_to_date", files, 0, files, 0, plan.summary)
-
     fingerprints: dict[str, str] = {}
     digest = None
     previous = _rows_by(out / EXPORT_MANIFEST, "path") if state in ("ours", "partial") else {}
+    completed_ns = None
+    if state == "ours":
+        # Files of the last complete export modified after it (export.json's mtime) are not its files any more.
+        with contextlib.suppress(OSError):
+            completed_ns = os.stat(out / EXPORT_JSON).st_mtime_ns
     if state == "ours" and not config.force:
         # The up-to-date test needs every fingerprint before anything is written; sources are read (hashed) here
         # only when the cache does not know them.
@@ -269,9 +245,10 @@ def run_plan(
         digest = _export_digest(plan, config, out, fingerprints, sources)
         with contextlib.suppress(OSError, ValueError):
             record = json.loads((out / EXPORT_JSON).read_text(encoding="utf-8"))
-            if record.get("digest") == digest and all(_still_there(out, row) for row in previous.values()):
+            if record.get("digest") == digest and all(_still_there(out, row, completed_ns)
+                                                      for row in previous.values()):
                 logger.info("%s is up to date", out)
-                _remember(cache, sources, quick, digest, out, [*previous])
+                cache.save(keep=set(sources.stats))
                 return ExportResult(out, plan.format, "up_to_date", len(previous), 0, len(previous), 0, plan.summary)
 
     journal_done = {} if config.force else _rows_by(out / JOURNAL, "rel")
@@ -287,8 +264,8 @@ def run_plan(
     resumed = state == "partial" and bool(journal_done)
     written = reused = 0
     rows: dict[str, dict[str, Any]] = {}
-    stats: dict[str, os.stat_result] = {}
-    journal = Journal(out, plan.format, fresh=config.force)
+    writeback = Writeback(out)
+    journal = Journal(out, plan.format, fresh=config.force, on_checkpoint=writeback.start)
     converter = Converter(worker_count(config))
     made_dirs: set[str] = set()
 
@@ -297,7 +274,6 @@ def run_plan(
         row = {"rel": pf.rel, "fp": fp, "bytes": result.bytes, "sha256": result.sha256, "placed": result.placed}
         journal.add(row)
         rows[pf.rel] = row
-        stats[pf.rel] = result.stat
         written += 1
 
     try:
@@ -310,7 +286,8 @@ def run_plan(
             fp = fingerprints.get(pf.rel) or pf.fingerprint(facts.sha256, config.link)
             fingerprints[pf.rel] = fp
             done = journal_done.get(pf.rel)
-            if done is not None and done.get("fp") == fp and _still_there(out, {"rel": pf.rel, **done}):
+            if done is not None and done.get("fp") == fp and _still_there(out, {"rel": pf.rel, **done},
+                                                                           completed_ns):
                 rows[pf.rel] = done
                 reused += 1
             else:
@@ -323,7 +300,8 @@ def run_plan(
                     for item in converter.submit(pf, out, fp):
                         record_written(*item)
                 else:
-                    record_written(pf, fp, write_planned(pf, out, config.link, data=data, facts=facts))
+                    record_written(pf, fp, write_planned(pf, out, config.link, data=data, facts=facts,
+                                                         size=sources.stats[src].st_size))
             if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == total:
                 for item in converter.collect():
                     record_written(*item)
@@ -342,9 +320,11 @@ def run_plan(
     gen_rows = []
     for gen in generated:
         content = gen.make()
-        stats[gen.rel] = write_bytes_replace(out / gen.rel, content)
+        write_bytes_replace(out / gen.rel, content)
         gen_rows.append((gen, len(content), hashlib.sha256(content).hexdigest()))
-    removed = _remove_strays(out, plan, set(rels))
+    # Into a folder that was missing or empty, this run wrote every file there is (temp files are renamed or
+    # removed as they go): no walk of the tree is needed to find strays.
+    removed = _remove_strays(out, plan, set(rels)) if state not in ("missing", "empty") else 0
     if digest is None:
         digest = _export_digest(plan, config, out, fingerprints, sources)
 
@@ -352,26 +332,12 @@ def run_plan(
     for pf in sorted(plan.files, key=lambda p: p.rel):
         jr = rows[pf.rel]
         facts = sources.facts[str(pf.src)]
-        manifest_lines.append(_ROW_ENCODER.encode({
-            "schema_version": SCHEMA_VERSION,
-            "path": pf.rel,
-            "role": pf.role,
-            "split": pf.split,
-            "label": pf.label,
-            "category": pf.category,
-            "defect": pf.defect,
-            "pair": pf.pair,
-            "source": {**pf.provenance.to_dict(), "sha256": facts.sha256},
-            "bytes": jr["bytes"],
-            "sha256": jr["sha256"],
-            "placed": jr.get("placed"),
-            "fingerprint": fingerprints[pf.rel],
-        }))
+        manifest_lines.append(manifest_line(pf, jr, facts.sha256, fingerprints[pf.rel]))
     for gen, size, sha in sorted(gen_rows, key=lambda g: g[0].rel):
         manifest_lines.append(json.dumps({"schema_version": SCHEMA_VERSION, "path": gen.rel, "role": gen.role,
                                           "source": {"kind": "generated"}, "bytes": size, "sha256": sha},
                                          sort_keys=True))
-    stats[EXPORT_MANIFEST] = write_bytes_replace(out / EXPORT_MANIFEST, ("\n".join(manifest_lines) + "\n").encode())
+    write_bytes_replace(out / EXPORT_MANIFEST, ("\n".join(manifest_lines) + "\n").encode())
     record = {
         "schema_version": SCHEMA_VERSION,
         "anogen_version": __version__,
@@ -407,16 +373,65 @@ def run_plan(
         ],
     }
     journal.close()
-    # One sync for the whole export instead of one per file; export.json, last, marks it complete and durable.
+    # One sync for the whole export instead of one per file (the checkpoints' background writeback has done most of
+    # its work by now); export.json, last, marks it complete and durable.
+    writeback.wait()
     sync_filesystem(out)
     write_json_atomic(out / EXPORT_JSON, record)
     with contextlib.suppress(FileNotFoundError):
         (out / JOURNAL).unlink()
     fsync_dir(out)
-    _remember(cache, sources, quick, digest, out, list(stats), stats)
     cache.save(keep=set(sources.stats))
     status: Literal["written", "resumed"] = "resumed" if resumed else "written"
     return ExportResult(out, plan.format, status, len(manifest_lines), written, reused, removed, plan.summary)
+
+
+def _json_value(value: Any) -> str:
+    """``value`` as ``json.dumps`` writes it: strings, ints and None spelled out, anything else by the encoder."""
+    kind = type(value)
+    if kind is str:
+        return _json_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    return "null" if value is None else _ROW_ENCODER.encode(value)
+
+
+def _source_json(prov: Provenance, sha256: str) -> str:
+    """``json.dumps({**prov.to_dict(), "sha256": sha256}, sort_keys=True)``, spelled out (keys in sorted order)."""
+    parts = []
+    if prov.adapter_sha256 is not None:
+        parts.append(f'"adapter_sha256": {_json_value(prov.adapter_sha256)}')
+    parts.append(f'"category": {_json_value(prov.category)}')
+    if prov.defect is not None:
+        parts.append(f'"defect": {_json_value(prov.defect)}')
+    if prov.id is not None:
+        parts.append(f'"id": {_json_value(prov.id)}')
+    parts.append(f'"kind": {_json_value(prov.kind)}')
+    if prov.name is not None:
+        parts.append(f'"name": {_json_value(prov.name)}')
+    parts.append(f'"path": {_json_str(str(prov.path))}')
+    if prov.seed is not None:
+        parts.append(f'"seed": {_json_value(prov.seed)}')
+    parts.append(f'"sha256": {_json_value(sha256)}')
+    if prov.stem is not None:
+        parts.append(f'"stem": {_json_value(prov.stem)}')
+    if prov.synth_dir is not None:
+        parts.append(f'"synth_dir": {_json_str(str(prov.synth_dir))}')
+    return "{" + ", ".join(parts) + "}"
+
+
+def manifest_line(pf: PlannedFile, row: dict[str, Any], src_sha256: str, fingerprint: str) -> str:
+    """The export manifest's line for ``pf`` (``row``: what placing it recorded): the bytes of ``json.dumps`` of
+    the row with ``sort_keys=True``, spelled out because an export writes one per file and the generic encoder
+    costs several times more (tests compare the two)."""
+    return (
+        f'{{"bytes": {_json_value(row["bytes"])}, "category": {_json_value(pf.category)}, '
+        f'"defect": {_json_value(pf.defect)}, "fingerprint": {_json_value(fingerprint)}, '
+        f'"label": {_json_value(pf.label)}, "pair": {_json_value(pf.pair)}, "path": {_json_value(pf.rel)}, '
+        f'"placed": {_json_value(row.get("placed"))}, "role": {_json_value(pf.role)}, '
+        f'"schema_version": {SCHEMA_VERSION}, "sha256": {_json_value(row["sha256"])}, '
+        f'"source": {_source_json(pf.provenance, src_sha256)}, "split": {_json_value(pf.split)}}}'
+    )
 
 
 def _intact(out: Path, row: dict[str, Any]) -> bool:
@@ -424,28 +439,6 @@ def _intact(out: Path, row: dict[str, Any]) -> bool:
         return sha256_file(out / row["rel"]) == row.get("sha256")
     except (OSError, KeyError, TypeError):
         return False
-
-
-def _remember(cache: SourceCache, sources: Sources, quick: str, digest: str, out: Path, rels: list[str],
-              stats: dict[str, os.stat_result] | None = None) -> None:
-    """Record this run's state for the next run's no-op check (stat what was not just written)."""
-    outputs = {}
-    root = str(out)
-    for rel in [*rels, EXPORT_MANIFEST]:
-        st = (stats or {}).get(rel)
-        if st is None:
-            try:
-                st = os.stat(f"{root}/{rel}")
-            except OSError:
-                return
-        outputs[rel] = [st.st_size, st.st_mtime_ns]
-    newest = max((st.st_mtime_ns for st in sources.stats.values()), default=0)
-    # A source changed within the clock's granularity of this run could keep its size and mtime: let the next run
-    # take the hashing way (the same rule as the cache's entries).
-    cache.state = {"quick": quick, "digest": digest, "outputs": outputs} if not cache.is_racy(newest) else {}
-    cache.changed = True
-    if stats is None:
-        cache.save()
 
 
 def _refuse_overlap(out: Path, config: ExportConfig, inputs: Sequence[SynthFolder]) -> None:

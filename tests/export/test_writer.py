@@ -271,3 +271,25 @@ def test_conversions_in_worker_processes_write_the_same_tree(tmp_path: Path, mon
     assert all(trees[1][rel] == trees[2][rel] for rel in trees[1] if rel not in ("export.json",))
     placed = [json.loads(line).get("placed") for line in (tmp_path / "w2" / "export_manifest.jsonl").open()]
     assert placed.count("converted") >= placing.POOL_MIN_FILES
+
+
+# ------------------------------------------------------------------------------------------ manifest lines
+
+
+@pytest.mark.parametrize("seed", [5001, None, True, 2.5, "7"])
+@pytest.mark.parametrize("text", ["widget", "naïve \"quoted\" \\ path\n", "日本"])
+def test_manifest_line_is_json_dumps_of_the_row(seed, text: str) -> None:
+    """The writer spells manifest lines out; they are the bytes json.dumps(sort_keys=True) gives for the row."""
+    full = Provenance(kind="synthetic", path=Path(f"/d/{text}.png"), category=text, defect=text, stem=None,
+                      synth_dir=Path(f"/s/{text}"), id=3, name=text, seed=seed, adapter_sha256="ab" * 32)
+    bare = Provenance(kind="real", path=Path("/d/x.png"), category=text)
+    for prov in (full, bare):
+        pf = PlannedFile(f"{text}/test/000.png", "image", Path("/d/x.png"), prov, (4, 4), "RGB", split=None,
+                         label=text, defect=None, category=text, pair=f"{text}_mask.png")
+        for row in ({"bytes": 12, "sha256": "cd" * 32, "placed": "copy"}, {"bytes": None, "sha256": None}):
+            want = json.dumps({
+                "schema_version": 1, "path": pf.rel, "role": pf.role, "split": pf.split, "label": pf.label,
+                "category": pf.category, "defect": pf.defect, "pair": pf.pair,
+                "source": {**prov.to_dict(), "sha256": "ef" * 32}, "bytes": row["bytes"], "sha256": row["sha256"],
+                "placed": row.get("placed"), "fingerprint": "01" * 32}, sort_keys=True)
+            assert writer.manifest_line(pf, row, "ef" * 32, "01" * 32) == want
