@@ -397,27 +397,15 @@ def _json_value(value: Any) -> str:
 
 
 def _source_json(prov: Provenance, sha256: str) -> str:
-    """``json.dumps({**prov.to_dict(), "sha256": sha256}, sort_keys=True)``, spelled out (keys in sorted order)."""
-    parts = []
-    if prov.adapter_sha256 is not None:
-        parts.append(f'"adapter_sha256": {_json_value(prov.adapter_sha256)}')
-    parts.append(f'"category": {_json_value(prov.category)}')
-    if prov.defect is not None:
-        parts.append(f'"defect": {_json_value(prov.defect)}')
-    if prov.id is not None:
-        parts.append(f'"id": {_json_value(prov.id)}')
-    parts.append(f'"kind": {_json_value(prov.kind)}')
-    if prov.name is not None:
-        parts.append(f'"name": {_json_value(prov.name)}')
-    parts.append(f'"path": {_json_str(str(prov.path))}')
-    if prov.seed is not None:
-        parts.append(f'"seed": {_json_value(prov.seed)}')
-    parts.append(f'"sha256": {_json_value(sha256)}')
-    if prov.stem is not None:
-        parts.append(f'"stem": {_json_value(prov.stem)}')
-    if prov.synth_dir is not None:
-        parts.append(f'"synth_dir": {_json_str(str(prov.synth_dir))}')
-    return "{" + ", ".join(parts) + "}"
+    """``json.dumps({**prov.to_dict(), "sha256": sha256}, sort_keys=True)``, spelled out (keys in sorted order;
+    ``category``, ``kind``, ``path`` and ``sha256`` always, the others when set, as ``to_dict`` leaves them)."""
+    synth_dir = None if prov.synth_dir is None else str(prov.synth_dir)
+    fields = (("adapter_sha256", prov.adapter_sha256, False), ("category", prov.category, True),
+              ("defect", prov.defect, False), ("id", prov.id, False), ("kind", prov.kind, True),
+              ("name", prov.name, False), ("path", str(prov.path), True), ("seed", prov.seed, False),
+              ("sha256", sha256, True), ("stem", prov.stem, False), ("synth_dir", synth_dir, False))
+    return "{" + ", ".join(f'"{key}": {_json_value(value)}' for key, value, always in fields
+                           if always or value is not None) + "}"
 
 
 def manifest_line(pf: PlannedFile, row: dict[str, Any], src_sha256: str, fingerprint: str) -> str:
