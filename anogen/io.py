@@ -43,6 +43,22 @@ def file_mode() -> int:
 
 
 @contextlib.contextmanager
+def replacing(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Iterator[None]:
+    """Rename ``tmp``, which the block makes, over ``path`` when the block succeeds; remove it when anything fails.
+
+    Every temp-file write here goes through it, so a reader sees the old file or the complete new one, and no
+    failure leaves a temp file behind.
+    """
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds.
 
@@ -51,20 +67,14 @@ def atomic_open(path: str | Path, mode: str = "wb", encoding: str | None = None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
-            # mkstemp creates the file 0600 whatever the umask; others must be able to read exported trees,
-            # reports and adapters on a shared disk as they could any file written with open().
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle.fileno(), file_mode())
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    with replacing(tmp_name, path), os.fdopen(fd, mode, encoding=encoding) as handle:
+        # mkstemp creates the file 0600 whatever the umask; others must be able to read exported trees,
+        # reports and adapters on a shared disk as they could any file written with open().
+        if hasattr(os, "fchmod"):
+            os.fchmod(handle.fileno(), file_mode())
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -184,7 +194,7 @@ def write_bytes_replace(path: str | Path, data: bytes, *, tmp: str | Path | None
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp_name, flags, 0o666)
-    try:
+    with replacing(tmp_name, path):
         try:
             view = memoryview(data)
             while view:
@@ -192,11 +202,6 @@ def write_bytes_replace(path: str | Path, data: bytes, *, tmp: str | Path | None
             stat = os.fstat(fd)
         finally:
             os.close(fd)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
     return stat
 
 

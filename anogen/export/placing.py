@@ -26,7 +26,7 @@ from anogen.export.config import ExportConfig
 from anogen.export.pixels import render_image, render_mask
 from anogen.export.planning import PlannedFile, image_target
 from anogen.export.probe import Probe, SourceCache, linkable, probe
-from anogen.io import SCHEMA_VERSION, encode_png, sync_filesystem, write_bytes_replace
+from anogen.io import SCHEMA_VERSION, encode_png, replacing, sync_filesystem, write_bytes_replace
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +129,8 @@ def _link_into_place(src: str, dst: str) -> None:
     except FileExistsError:
         pass
     tmp = _tmp_path(dst)
-    try:
+    with replacing(tmp, dst):
         os.link(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _copy_into_place(src: str, dst: str, size: int) -> int:
@@ -143,7 +138,7 @@ def _copy_into_place(src: str, dst: str, size: int) -> int:
     Python); returns the bytes copied. The file gets the mode ``open()`` would give under the umask."""
     tmp = _tmp_path(dst)
     fd_out = os.open(tmp, _CREATE, 0o666)
-    try:
+    with replacing(tmp, dst):
         try:
             fd_in = os.open(src, _READ)
             try:
@@ -152,11 +147,6 @@ def _copy_into_place(src: str, dst: str, size: int) -> int:
                 os.close(fd_in)
         finally:
             os.close(fd_out)
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return copied
 
 
@@ -218,13 +208,8 @@ def write_planned(
             logger.info("hard link %s -> %s failed (%s); copying", src, dst, errno.errorcode.get(exc.errno, exc))
     elif link == "symlink":
         tmp = _tmp_path(dst)
-        try:
+        with replacing(tmp, dst):
             os.symlink(pf.src.resolve(), tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
         return Written("symlink", os.stat(dst).st_size, facts.sha256)
     if data is not None:
         write_bytes_replace(dst, data, tmp=_tmp_path(dst))
