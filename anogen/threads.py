@@ -73,7 +73,7 @@ class ThreadPolicy:
         usable_cores (`int`): what the automatic choice starts from: min(affinity, floor(quota)), at least 1.
         local_world_size (`int`): processes launched together on this machine (1 when not launched).
         runnable_others (`int`, *optional*): other threads runnable on the machine when the policy was decided
-            (None where the OS does not say).
+            (None where the OS does not say, or where it was not needed: a user's wait, one thread).
         wait_policy (`str`, *optional*): the ``OMP_WAIT_POLICY`` in force (None: the runtime's default spin).
         wait_source (`str`): ``"anogen"`` (decided from the load) or ``"user"``.
         wait_reason (`str`): one line saying why.
@@ -328,9 +328,17 @@ def read_runnable_others(loadavg: Path = Path("/proc/loadavg"), readings: int = 
 
 
 def current_policy(requested: int | None = None, env: Mapping[str, str] | None = None) -> ThreadPolicy:
-    """:func:`decide` on this process's real affinity, cgroup quota, machine load and environment (changes nothing)."""
-    return decide(affinity=read_affinity(), quota=read_cpu_quota(), env=os.environ if env is None else env,
-                  requested=requested, cpu_count=os.cpu_count(), runnable_others=read_runnable_others())
+    """:func:`decide` on this process's real affinity, cgroup quota, machine load and environment (changes nothing).
+
+    The run queue is read (a few milliseconds of readings) only when the wait is anogen's to choose and more than
+    one thread could wait; otherwise ``runnable_others`` stays None.
+    """
+    facts = dict(affinity=read_affinity(), quota=read_cpu_quota(), env=os.environ if env is None else env,
+                 requested=requested, cpu_count=os.cpu_count())
+    policy = decide(**facts)
+    if policy.wait_source == "anogen" and policy.threads > 1:
+        policy = decide(**facts, runnable_others=read_runnable_others())
+    return policy
 
 
 # ------------------------------------------------------------------------------------------------ applying

@@ -279,3 +279,17 @@ def test_apply_exports_the_decision_for_child_processes_and_keeps_a_users_value(
     users = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
     assert threads.apply_thread_policy(env=users).threads == 3
     assert users["OMP_NUM_THREADS"] == "3" and ENV_EXPORTED not in users and users["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_run_queue_is_read_only_when_the_wait_is_anogens_to_choose(monkeypatch):
+    def no_reading() -> int:
+        raise AssertionError("the run queue was read")
+
+    monkeypatch.setattr(threads, "read_runnable_others", no_reading)
+    monkeypatch.setattr(threads, "read_affinity", lambda: 2)
+    monkeypatch.setattr(threads, "read_cpu_quota", lambda: None)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    assert threads.current_policy(env={"OMP_WAIT_POLICY": "ACTIVE"}).wait_source == "user"
+    assert threads.current_policy(env={"ANOGEN_THREADS": "1"}).runnable_others is None
+    monkeypatch.setattr(threads, "read_runnable_others", lambda: 4)
+    assert threads.current_policy(env={}).wait_policy == "PASSIVE"

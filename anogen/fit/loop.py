@@ -318,10 +318,8 @@ def _all_reduce_grads(params: Sequence[torch.nn.Parameter], world: int) -> None:
         flat = torch.cat([grad.reshape(-1) for grad in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world)
-        offset = 0
-        for grad in grads:
-            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
-            offset += grad.numel()
+        for grad, part in zip(grads, flat.split([grad.numel() for grad in grads]), strict=True):
+            grad.copy_(part.view_as(grad))
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
