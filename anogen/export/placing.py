@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from anogen.errors import DataError
 from anogen.export.config import ExportConfig
 from anogen.export.pixels import render_image, render_mask
-from anogen.export.planning import PlannedFile, image_target
+from anogen.export.planning import PlannedFile, image_target, json_str
 from anogen.export.probe import Probe, SourceCache, linkable, probe
 from anogen.io import SCHEMA_VERSION, encode_png, replacing, sync_filesystem, write_bytes_replace
 
@@ -39,7 +39,6 @@ CHECKPOINT_S = 2.0
 POOL_MIN_FILES = 256
 # Start the file system's writeback in the background at every checkpoint (see Writeback).
 BACKGROUND_WRITEBACK = True
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
@@ -261,7 +260,7 @@ class Journal:
         # Spelled out (one row per file): the same JSON object json.dumps would write, several times faster.
         self.pending.append(
             f'{{"bytes": {int(row["bytes"])}, "fp": "{row["fp"]}", "placed": "{row["placed"]}", '
-            f'"rel": {_json_str(row["rel"])}, "sha256": "{row["sha256"]}"}}\n'
+            f'"rel": {json_str(row["rel"])}, "sha256": "{row["sha256"]}"}}\n'
         )
         if len(self.pending) >= CHECKPOINT_FILES or time.monotonic() - self.last >= CHECKPOINT_S:
             self.checkpoint()

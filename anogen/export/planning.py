@@ -17,7 +17,8 @@ from PIL import Image
 
 from anogen.export.items import AnomalyItem, CategoryItems, NormalItem, Provenance
 
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+# A string as json.dumps writes it (ASCII, escaped): the export spells its JSON lines out, one per file.
+json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 # Bump when the way a file is rendered changes (resampling, mode handling): older exports then rebuild.
 RENDER_VERSION = 1
 
@@ -63,11 +64,11 @@ class PlannedFile:
         (``json``'s own string escaping, its default separators, keys in sorted order).
         """
         size = f"[{int(self.size[0])}, {int(self.size[1])}]" if self.size else "null"
-        src = _json_str(str(self.src)) if link == "symlink" else "null"
+        src = json_str(str(self.src)) if link == "symlink" else "null"
         text = (
-            f'{{"link": {_json_str(link)}, "mode": {_json_str(self.mode)}, "rel": {_json_str(self.rel)}, '
-            f'"render": {RENDER_VERSION}, "role": {_json_str(self.role)}, "size": {size}, "src": {src}, '
-            f'"src_sha256": {_json_str(src_sha256)}}}'
+            f'{{"link": {json_str(link)}, "mode": {json_str(self.mode)}, "rel": {json_str(self.rel)}, '
+            f'"render": {RENDER_VERSION}, "role": {json_str(self.role)}, "size": {size}, "src": {src}, '
+            f'"src_sha256": {json_str(src_sha256)}}}'
         )
         return hashlib.sha256(text.encode()).hexdigest()
 

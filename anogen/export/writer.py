@@ -47,7 +47,7 @@ from anogen.export.placing import (
     worker_count,
     write_planned,
 )
-from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile
+from anogen.export.planning import ExportPlan, GeneratedFile, PlannedFile, json_str
 from anogen.export.probe import SourceCache, cache_file, linkable
 from anogen.io import (
     SCHEMA_VERSION,
@@ -68,7 +68,6 @@ EXPORT_MANIFEST = "export_manifest.jsonl"
 _PROGRESS_EVERY = 256
 # One encoder for the manifest's unusual values: json.dumps builds a new one per call.
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True)
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -390,7 +389,7 @@ def _json_value(value: Any) -> str:
     """``value`` as ``json.dumps`` writes it: strings, ints and None spelled out, anything else by the encoder."""
     kind = type(value)
     if kind is str:
-        return _json_str(value)
+        return json_str(value)
     if kind is int:
         return int.__repr__(value)
     return "null" if value is None else _ROW_ENCODER.encode(value)
