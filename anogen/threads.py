@@ -391,7 +391,11 @@ def configure_torch(policy: ThreadPolicy) -> None:
     """Give torch the policy's thread counts (torch must be imported)."""
     import torch
 
-    torch.set_num_threads(policy.threads)
+    # Only when torch's count differs (it read OMP_NUM_THREADS, which the policy exports before torch loads, so
+    # usually it does not): torch.set_num_threads also turns MKL's dynamic threading off, which made the toy's
+    # small matmuls about 20 % slower alone (bench/threads.py).
+    if torch.get_num_threads() != policy.threads:
+        torch.set_num_threads(policy.threads)
     if torch.get_num_interop_threads() != policy.interop_threads:
         try:
             torch.set_num_interop_threads(policy.interop_threads)

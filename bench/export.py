@@ -6,13 +6,16 @@ A synthetic synth folder (``--samples`` accepted 64 px samples over two defect t
 written as ``anogen synth`` writes them: PNGs, ``manifest.jsonl``, ``run.json``) and a 64 px MVTec category
 (72 real normals) are generated in a scratch folder; no model is needed. Sizes match, so no file needs a
 conversion. Timed side by side (interleaved, warm cache, one untimed warm-up round, medians of ``--repeats``), all
-on the scratch folder's file system:
+on the scratch folder's file system. Nothing is deleted until every round has run (each run writes a folder of
+its own): on ext4 without a journal, files created within a minute or more of deleting many cost several times
+more, whoever deletes. Start it a few minutes after any large deletion on the same disk (another bench run's
+clean-up included).
 
-* ``export_copy`` / ``export_hardlink``: the library call :func:`anogen.export.export` (MVTec layout) into a fresh
-  folder (the old one is removed untimed); the sources' hashes and probes are cached from the earlier rounds;
+* ``export_copy`` / ``export_hardlink``: the library call :func:`anogen.export.export` (MVTec layout) into a new
+  folder; the sources' hashes and probes are cached (the first export's cache, copied untimed);
 * ``export_copy_cold``: the same with that cache removed first (a first export: every source read, hashed, probed);
 * ``noop``: the same call on a complete, up-to-date export (nothing to do);
-* ``cp``: ``cp -r`` of a tree holding exactly the files the export writes (its own output);
+* ``cp``: ``cp -r`` of a tree holding exactly the files the export writes (its own output), into a new folder;
 * ``cli_copy`` / ``cli_noop``: ``anogen export`` as a subprocess (interpreter start-up and imports included),
   reported separately.
 
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,32 +151,39 @@ def run(samples: int, repeats: int, work: Path, *, cli: bool = True) -> dict[str
 
     writer.sync_filesystem = timed_sync
 
-    def fresh(path: Path):
-        return lambda: shutil.rmtree(path, ignore_errors=True)
+    # Every timed run writes a folder of its own and nothing is deleted until the end: on ext4 without a journal
+    # (this machine's disk), creating files within a minute or more of deleting many scans the recently deleted
+    # inodes on every create, which made whichever contestant followed a deletion several times slower.
+    outs: dict[str, Path] = {}
+    made = iter(range(1 << 30))
+
+    def new_out(name: str, warm: bool) -> Callable[[], None]:
+        def enter() -> None:
+            outs[name] = work / "runs" / f"{name}-{next(made)}"
+            cached = cache_file(outs[name].resolve())
+            cached.unlink(missing_ok=True)
+            if warm:  # a re-export elsewhere: the sources' hashes and probes known from the earlier runs
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cache_file(reference.resolve()), cached)
+        return enter
 
     def run_cli(out: Path) -> None:
         subprocess.run([*cli_args, str(out)], check=True, env=env, capture_output=True)
 
     fns = {
-        "cp": lambda: subprocess.run(["cp", "-r", str(reference), str(work / "cp")], check=True),
-        "export_copy": lambda: export([world["synth"]], config(work / "copy")),
-        "export_copy_cold": lambda: export([world["synth"]], config(work / "cold")),
-        "export_hardlink": lambda: export([world["synth"]], config(work / "hardlink", "hardlink")),
+        "cp": lambda: subprocess.run(["cp", "-r", str(reference), str(outs["cp"])], check=True),
+        "export_copy": lambda: export([world["synth"]], config(outs["export_copy"])),
+        # A first export: no cache of the sources' hashes and probes (every source is read, hashed, probed).
+        "export_copy_cold": lambda: export([world["synth"]], config(outs["export_copy_cold"])),
+        "export_hardlink": lambda: export([world["synth"]], config(outs["export_hardlink"], "hardlink")),
         "noop": lambda: export([world["synth"]], config(noop_out)),
     }
     if cli:
-        fns["cli_copy"] = lambda: run_cli(work / "cli")
+        fns["cli_copy"] = lambda: run_cli(outs["cli_copy"])
         fns["cli_noop"] = lambda: run_cli(noop_out)
-    around = {name: (fresh(work / folder), lambda: None)
-              for name, folder in (("cp", "cp"), ("export_copy", "copy"), ("export_hardlink", "hardlink"),
-                                   ("cli_copy", "cli"))}
-
-    def forget() -> None:
-        # A first export: no cache of the sources' hashes and probes (every source is read, hashed, probed).
-        shutil.rmtree(work / "cold", ignore_errors=True)
-        cache_file((work / "cold").resolve()).unlink(missing_ok=True)
-
-    around["export_copy_cold"] = (forget, lambda: None)
+    around = {name: (new_out(name, warm=name != "export_copy_cold"), lambda: None)
+              for name in ("cp", "export_copy", "export_copy_cold", "export_hardlink", "cli_copy") if name in fns}
+    (work / "runs").mkdir()
     try:
         timings = interleaved(fns, repeats, warmup=1, around=around)
     finally:
@@ -180,8 +191,8 @@ def run(samples: int, repeats: int, work: Path, *, cli: bool = True) -> dict[str
     cp = timings["cp"]["median_s"]
     ratios = {name: timings[name]["median_s"] / cp for name in timings if name != "cp"}
     # The exported images are the same whichever way they were placed (export.json and the manifest record how).
-    same = (_tree_hashes(work / "copy") == _tree_hashes(reference) == _tree_hashes(work / "hardlink")
-            == _tree_hashes(work / "cold"))
+    same = (_tree_hashes(outs["export_copy"]) == _tree_hashes(reference) == _tree_hashes(outs["export_hardlink"])
+            == _tree_hashes(outs["export_copy_cold"]))
     return {
         "samples": samples,
         "files": len(files),
@@ -202,8 +213,9 @@ def run(samples: int, repeats: int, work: Path, *, cli: bool = True) -> dict[str
 
 def task_export(args: dict[str, Any]) -> dict[str, Any]:
     """The ``export`` part of ``python -m bench`` (run in a worker process)."""
-    work = Path(args["work"])
-    shutil.rmtree(work, ignore_errors=True)
+    # A new folder, not a cleaned old one: see run() on deleting before timing.
+    Path(args["work"]).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="export-", dir=args["work"]))
     try:
         return run(int(args["samples"]), int(args["repeats"]), work)
     finally:

@@ -375,7 +375,7 @@ def render(results: dict[str, Any], *, threads: int = 2) -> str:
               "python -m bench --quick    # plumbing check (10-15 min on 2 loaded cores, mostly process start-ups)",
               "python -m bench --parts quality --quality-backbone toy",
               "python -m bench --parts export   # export vs cp at 10,000 samples (python -m bench.export alone)",
-              "python -m bench --parts threads   # thread policy vs torch's default (about 15 min on 2 cores)",
+              "python -m bench --parts threads   # thread policy vs torch's default (about 35 min on 2 cores)",
               "python -m bench --render   # rewrite this file from docs/benchmarks.json",
               "```", "",
               "Not part of CI. `--parts` reruns some parts and keeps the others' last figures (each part is dated).",

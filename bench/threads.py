@@ -2,7 +2,10 @@
 
 A toy fit step and a toy synth batch are timed alone and beside 1 and 2 busy processes (each a torch matmul loop
 with torch's default threads, the kind of neighbour a shared CI runner has), under these settings of the
-measured process, interleaved round by round so that load changes hit them alike:
+measured process, interleaved round by round so that load changes hit them alike. A load ``N:KIND`` (``--loads``)
+takes other neighbours: ``N:single``, one thread each (a single-threaded job); ``N:anogen``, the same matmul
+loop under anogen's thread policy (other anogen commands, the issue's own case of a demo, a fit and a synth).
+Settings of the measured process:
 
 * ``torch``: torch's defaults (no thread variables: one intra-op thread per core, OpenMP's spinning wait);
 * ``anogen``: ``anogen.threads.apply_thread_policy()`` (what every ``anogen`` command does at start-up: it sleeps
@@ -55,10 +58,13 @@ GOALS = {"busy2": 3.0, "solo": 1.05, "accelerate": 1.0}
 def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(backbone="tiny", fit_pairs=1, synth_pairs=1, synth_steps=2, repeats=2, warmup=1, rounds=1,
-                    loads=[0, 1], modes=["torch", "anogen"], workloads=["fit"], synth_modes=["torch", "anogen"],
+                    loads=[0, 1], synth_loads=[0, 1], modes=["torch", "anogen"], workloads=["fit"],
+                    synth_modes=["torch", "anogen"],
                     fit_steps=4, accelerate=True, budget_s=60)
-    return dict(backbone="toy", fit_pairs=2, synth_pairs=2, synth_steps=10, repeats=5, warmup=1, rounds=1,
-                loads=[0, 1, 2], modes=list(MODES), workloads=["fit", "synth"], synth_modes=["torch", "anogen"],
+    # The other kinds of neighbour for the fit step only: a synth batch beside them would add ten minutes.
+    return dict(backbone="toy", fit_pairs=2, synth_pairs=2, synth_steps=10, repeats=5, warmup=1, rounds=2,
+                loads=[0, 1, 2, "2:single", "2:anogen"], synth_loads=[0, 1, 2], modes=list(MODES),
+                workloads=["fit", "synth"], synth_modes=["torch", "anogen"],
                 fit_steps=30, accelerate=True, budget_s=90)
 
 
@@ -89,8 +95,17 @@ def mode_env(mode: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------- worker processes
 
 
+# What each kind of busy neighbour starts with (see the module's docstring).
+NEIGHBOURS = {"torch": {}, "single": {"OMP_NUM_THREADS": "1"}, "anogen": {"BENCH_POLICY": "1"}}
+
+
 def busy(seconds: float) -> None:
-    """A neighbour: matmuls with torch's default threads until ``seconds`` have passed (a bounded lifetime)."""
+    """A neighbour: matmuls until ``seconds`` have passed (a bounded lifetime), with torch's default threads or, with
+    ``BENCH_POLICY=1``, under anogen's thread policy."""
+    if os.environ.get("BENCH_POLICY") == "1":
+        from anogen.threads import apply_thread_policy
+
+        apply_thread_policy()
     import torch
 
     a, b = torch.randn(384, 384), torch.randn(384, 384)
@@ -147,11 +162,24 @@ def subject(workload: str, args: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ the scenarios
 
 
-def _start_busy(count: int, seconds: float) -> list[subprocess.Popen]:
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.threads", "busy", str(seconds)], cwd=ROOT,
-                              env=clean_env(), stdout=subprocess.PIPE, text=True) for _ in range(count)]
-    for proc in procs:  # each neighbour is computing before the measurement starts
-        proc.stdout.readline()
+def parse_load(load: int | str) -> tuple[int, str]:
+    """``2`` or ``"2"`` -> (2, "torch"); ``"2:single"`` -> (2, "single")."""
+    count, _, kind = str(load).partition(":")
+    kind = kind or "torch"
+    if kind not in NEIGHBOURS:
+        raise ValueError(f"unknown neighbour kind {kind!r} (one of {', '.join(NEIGHBOURS)})")
+    return int(count), kind
+
+
+def _start_busy(load: int | str, seconds: float) -> list[subprocess.Popen]:
+    count, kind = parse_load(load)
+    procs = []
+    for _ in range(count):
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.threads", "busy", str(seconds)], cwd=ROOT,
+                                      env=clean_env(**NEIGHBOURS[kind]), stdout=subprocess.PIPE, text=True))
+        # Each neighbour is computing before the next starts (an anogen neighbour's policy sees the ones before it)
+        # and before the measurement starts.
+        procs[-1].stdout.readline()
     return procs
 
 
@@ -166,7 +194,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _measure(workload: str, mode: str, load: int, config: dict[str, Any]) -> dict[str, Any]:
+def _measure(workload: str, mode: str, load: int | str, config: dict[str, Any]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("r", suffix=".json", prefix="bench-threads-") as result:
         neighbours = _start_busy(load, seconds=900)
         try:
@@ -233,7 +261,7 @@ def run(quick: bool, work: Path | None = None, **overrides: Any) -> dict[str, An
                                "timings": {}}
     for _ in range(config["rounds"]):
         for workload in config["workloads"]:
-            for load in config["loads"]:
+            for load in config["loads"] if workload == "fit" else config["synth_loads"]:
                 for mode in config["modes"] if workload == "fit" else config["synth_modes"]:
                     got = _measure(workload, mode, load, config)
                     print(f"bench.threads: {workload}, {load} busy, {mode}: {got.get('median_s', got.get('error'))}",
@@ -271,6 +299,15 @@ def slowdowns(part: dict[str, Any]) -> dict[str, dict[str, dict[str, float | Non
     return out
 
 
+LOAD_NAMES = {"torch": "busy processes (torch's default threads)", "single": "single-threaded busy processes",
+              "anogen": "busy anogen processes (thread policy)"}
+
+
+def _load_label(load: str) -> str:
+    count, kind = parse_load(load)
+    return str(count) if kind == "torch" or count == 0 else f"{count}, {'1 thread each' if kind == 'single' else kind}"
+
+
 def _f(x: float | None, suffix: str = "") -> str:
     return "-" if x is None else f"{x:.2f}{suffix}"
 
@@ -288,6 +325,11 @@ def goals(part: dict[str, Any]) -> list[tuple[str, float | None, str, bool | Non
     rows = [
         ("toy fit step beside 2 busy processes vs alone, anogen policy", s.get("anogen", {}).get("2"), "<= 3x",
          GOALS["busy2"]),
+    ]
+    # The same goal beside other kinds of neighbour, where they were measured.
+    rows += [(f"same, beside 2 {LOAD_NAMES[kind]}", s.get("anogen", {}).get(f"2:{kind}"), "<= 3x", GOALS["busy2"])
+             for kind in ("single", "anogen") if f"2:{kind}" in s.get("anogen", {})]
+    rows += [
         ("toy fit step alone: anogen policy vs torch default", solo, "<= 1.05x (noise)", GOALS["solo"]),
         ("fit step, 2 accelerate CPU processes vs 1 process (same global batch)", two / one if two and one else None,
          "<= 1x", GOALS["accelerate"]),
@@ -303,7 +345,7 @@ def section(part: dict[str, Any]) -> list[str]:
                     "2-5x between minutes, so compare settings within a row, and read a verdict from one such run "
                     "as an indication, not a proof.**" if load > (part.get("cores") or 1) else "")
     shared = ("The machine was shared with other work, so *alone* is not quite alone; on a quiet machine rerun "
-              "`python -m bench --parts threads` (about 15 minutes on 2 cores)." if load > 1.0 else
+              "`python -m bench --parts threads` (about 35 minutes on 2 cores)." if load > 1.0 else
               "The machine was quiet (nothing else running), so *alone* is alone.")
     lines = ["## CPU threads on a shared machine", "",
              f"Measured {part.get('measured_at', '?')} on {cpu}, load average before / after "
@@ -314,7 +356,12 @@ def section(part: dict[str, Any]) -> list[str]:
              "idle OpenMP threads when the machine is shared at start-up, spins when it is idle), `anogen-passive` "
              "= the policy's threads with `OMP_WAIT_POLICY=PASSIVE` always (the default before 2026-12-03), "
              "`anogen-spin` = the policy's threads with OpenMP's default spinning wait, `one-thread` = "
-             "`ANOGEN_THREADS=1`. Busy neighbours: torch matmul loops with torch's default threads.", "",
+             "`ANOGEN_THREADS=1`. Busy neighbours: torch matmul loops with torch's default threads (a thread per "
+             "core, spinning when idle); `1 thread each`: the same loop with `OMP_NUM_THREADS=1`; `anogen`: the same "
+             "loop under anogen's thread policy. With k neighbour threads runnable, fair sharing leaves the measured "
+             "process's 2 threads 2/(2+k) of the 2 cores, so no setting can be less than (2+k)/2 times slower than "
+             "alone with 2 threads: 3x beside two processes of torch's default (k = 4), 2x beside two "
+             "single-threaded ones.", "",
              "| goal | measured | goal | verdict |", "| --- | --- | --- | --- |"]
     for name, value, text, met in goals(part):
         verdict = "-" if met is None else ("**met**" if met else "**not met**")
@@ -336,7 +383,7 @@ def section(part: dict[str, Any]) -> list[str]:
                 waits = "/".join(block.get("waits") or [])
                 cells.append(f"{_f(block.get('median_s'))} s [{block.get('threads')}{', ' + waits if waits else ''}]"
                              + (f", {_f(ratio, 'x')}" if load != "0" else ""))
-            lines.append(f"| {workload} | {load} | " + " | ".join(cells) + " |")
+            lines.append(f"| {workload} | {_load_label(load)} | " + " | ".join(cells) + " |")
     acc = part.get("accelerate")
     if acc:
         lines += ["", "`anogen fit` (toy object, `--parallel data`), seconds per step (median of the step gaps in "
@@ -359,16 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the plumbing (about a minute)")
     parser.add_argument("--out", type=Path, default=None, help="write the raw results here (JSON)")
     parser.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} or spin-N")
-    parser.add_argument("--loads", default=None, help="comma-separated busy-neighbour counts (default 0,1,2)")
+    parser.add_argument("--loads", default=None, help="comma-separated busy-neighbour counts, each N or N:KIND "
+                        f"(KIND one of {', '.join(NEIGHBOURS)}; default 0,1,2 of torch's)")
     parser.add_argument("--workloads", default=None, help="comma-separated subset of fit,synth")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of every setting (default 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of every setting (default 2)")
     parser.add_argument("--no-accelerate", action="store_true", help="skip the two-process fitting")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.modes:
         overrides["modes"] = overrides["synth_modes"] = args.modes.split(",")
     if args.loads:
-        overrides["loads"] = [int(x) for x in args.loads.split(",")]
+        overrides["loads"] = overrides["synth_loads"] = args.loads.split(",")
+        for load in overrides["loads"]:
+            parse_load(load)  # a typo fails now, not after the first measurements
     if args.workloads:
         overrides["workloads"] = args.workloads.split(",")
     if args.rounds:

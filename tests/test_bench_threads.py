@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.threads import _fit_steps, clean_env, goals, mode_env, section, slowdowns
+from bench.threads import _fit_steps, clean_env, goals, mode_env, parse_load, section, slowdowns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,23 @@ def test_goals_follow_issue_17():
     assert acc[0] == pytest.approx(0.9) and acc[1] is True
     text = "\n".join(section(_part()))
     assert "| fit | 2 | 30.00 s [2], 30.00x | 3.20 s [2], 3.14x |" in text
+
+
+def test_other_neighbours_get_rows_of_their_own():
+    part = _part()
+    part["timings"]["fit"]["2:single"] = {"torch": _t(12.0), "anogen": _t(2.1)}
+    rows = {name: (value, met) for name, value, _, met in goals(part)}
+    single = rows["same, beside 2 single-threaded busy processes"]
+    assert single[0] == pytest.approx(2.1 / 1.02) and single[1] is True
+    assert not any("anogen processes" in name for name in rows)  # not measured: no row
+    assert "| fit | 2, 1 thread each | 12.00 s [2], 12.00x | 2.10 s [2], 2.06x |" in "\n".join(section(part))
+
+
+def test_loads_name_their_neighbours():
+    assert parse_load(2) == (2, "torch") and parse_load("2") == (2, "torch")
+    assert parse_load("2:single") == (2, "single") and parse_load("1:anogen") == (1, "anogen")
+    with pytest.raises(ValueError, match="unknown neighbour kind"):
+        parse_load("2:quiet")
 
 
 def test_missing_figures_give_no_verdict():

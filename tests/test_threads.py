@@ -293,3 +293,21 @@ def test_the_run_queue_is_read_only_when_the_wait_is_anogens_to_choose(monkeypat
     assert threads.current_policy(env={"ANOGEN_THREADS": "1"}).runnable_others is None
     monkeypatch.setattr(threads, "read_runnable_others", lambda: 4)
     assert threads.current_policy(env={}).wait_policy == "PASSIVE"
+
+
+def test_torch_is_told_its_threads_only_when_its_count_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.set_num_threads also turns MKL's dynamic threading off (slower small matmuls alone), so the policy
+    calls it only when torch did not already take the count from OMP_NUM_THREADS."""
+    import dataclasses
+
+    import torch
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    current = torch.get_num_threads()
+    policy = threads.current_policy(requested=current, env={})
+    threads.configure_torch(dataclasses.replace(policy, interop_threads=torch.get_num_interop_threads()))
+    assert calls == []
+    threads.configure_torch(dataclasses.replace(policy, threads=current + 1,
+                                                interop_threads=torch.get_num_interop_threads()))
+    assert calls == [current + 1]

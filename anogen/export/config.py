@@ -35,8 +35,9 @@ class ExportConfig:
             shots) to the test set of each exported defect type.
         coco_per_mask (`bool`, defaults to False): COCO: one annotation per mask instead of per connected
             component.
-        workers (`int`, defaults to 0): processes converting files (resizing, re-encoding) when many need it;
-            0 uses every core this process may run on. Not part of the result: any value writes the same tree.
+        workers (`int`, defaults to 0): worker processes converting (resizing, re-encoding) and copying files
+            when many are left; 0 uses every core this process may run on, 1 does everything in this
+            process. Not part of the result: any value writes the same tree.
     """
 
     format: str = "mvtec"

@@ -1,8 +1,8 @@
 """Placing the files of an export: reading each source once, copying/linking/converting, the journal, workers.
 
 :func:`write_planned` puts one planned file in place (the source's bytes as they are when they already are what
-the export would write, else a conversion); :class:`Converter` runs conversions in worker processes when many
-are left; :class:`Journal` records finished files for a resumed run. Every file goes through a temp name and a
+the export would write, else a conversion); :class:`Workers` runs conversions and copies in worker processes
+when many are left; :class:`Journal` records finished files for a resumed run. Every file goes through a temp name and a
 rename (:func:`anogen.io.write_bytes_replace`): a killed process never leaves a half-written file at a final path.
 """
 
@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +36,10 @@ JOURNAL = ".anogen-export.journal.jsonl"
 # Journal rows are appended (and flushed to the kernel) every this many files or seconds.
 CHECKPOINT_FILES = 1000
 CHECKPOINT_S = 2.0
-# Conversions go to worker processes only when at least this many files are left: starting one costs ~0.5 s.
+# Conversions and copies go to worker processes only when at least this many files are left: starting one costs
+# ~0.5 s. Files placed as they are go to a worker this many at a time.
 POOL_MIN_FILES = 256
+BATCH_FILES = 128
 # Start the file system's writeback in the background at every checkpoint (see Writeback).
 BACKGROUND_WRITEBACK = True
 _READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
@@ -196,24 +199,36 @@ def write_planned(
     dst = f"{out}/{pf.rel}"
     if not linkable(facts, pf.role, pf.size, pf.mode):
         return _convert(pf.src, dst, pf.role, pf.size or image_target(pf.src, None), pf.mode)
+    if data is not None and link == "copy":
+        write_bytes_replace(dst, data, tmp=_tmp_path(dst))
+        return Written("copy", len(data), facts.sha256)
     if size is None:
         size = len(data) if data is not None else os.stat(src).st_size
+    placed, nbytes = place_as_is(src, dst, size, link)
+    return Written(placed, nbytes, facts.sha256)
+
+
+def place_as_is(src: str, dst: str, size: int, link: str) -> tuple[str, int]:
+    """Put ``src`` at ``dst`` unchanged (``link``: copy, hardlink or symlink; a hard link that the file system
+    refuses becomes a copy); returns how it was placed and the bytes at ``dst``."""
     if link == "hardlink":
         try:
             _link_into_place(src, dst)
-            return Written("hardlink", size, facts.sha256)
+            return "hardlink", size
         except OSError as exc:
             # EXDEV (another file system), EPERM (FAT, some network shares): a copy is always possible.
             logger.info("hard link %s -> %s failed (%s); copying", src, dst, errno.errorcode.get(exc.errno, exc))
     elif link == "symlink":
         tmp = _tmp_path(dst)
         with replacing(tmp, dst):
-            os.symlink(pf.src.resolve(), tmp)
-        return Written("symlink", os.stat(dst).st_size, facts.sha256)
-    if data is not None:
-        write_bytes_replace(dst, data, tmp=_tmp_path(dst))
-        return Written("copy", len(data), facts.sha256)
-    return Written("copy", _copy_into_place(src, dst, size), facts.sha256)
+            os.symlink(os.path.realpath(src), tmp)
+        return "symlink", os.stat(dst).st_size
+    return "copy", _copy_into_place(src, dst, size)
+
+
+def _place_batch(jobs: list[tuple[str, str, int, str]]) -> list[tuple[str, int]]:
+    """:func:`place_as_is` for each ``(src, dst, size, link)``, in a worker process."""
+    return [place_as_is(*job) for job in jobs]
 
 
 class Writeback:
@@ -281,52 +296,100 @@ class Journal:
         self.handle.close()
 
 
-class Converter:
-    """Conversions inline, or in worker processes once there are enough files left to pay for starting them."""
+def _leave_ctrl_c_to_the_parent() -> None:
+    """A worker ignores SIGINT (Ctrl-C reaches the whole process group): it finishes the job it has, and the
+    parent, which does get the KeyboardInterrupt, cancels the rest and journals what finished."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# One finished job of Workers: the files it put in place.
+Finished = list[tuple[PlannedFile, str, Written]]
+
+
+class Workers:
+    """Conversions, and copies of files placed as they are, in worker processes once enough files are left to pay
+    for starting them; the calling process meanwhile reads, hashes and records the next files.
+
+    Files placed as they are go in batches of :data:`BATCH_FILES` (a copy or a link is too little work to send
+    alone). Each finished job comes back from :meth:`collect` as the files it put at their final paths.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool: ProcessPoolExecutor | None = None
-        self.pending: dict[Future, tuple[PlannedFile, str]] = {}
+        # Each job's future -> what turns its result into finished files.
+        self.pending: dict[Future, Callable[[Any], Finished]] = {}
+        self.batch: list[tuple[PlannedFile, str, str]] = []  # (file, fingerprint, sha256) of the jobs below
+        self.batch_jobs: list[tuple[str, str, int, str]] = []
 
     def wants_pool(self, left: int) -> bool:
         return self.pool is not None or (self.workers > 1 and left >= POOL_MIN_FILES)
 
-    def submit(self, pf: PlannedFile, out: Path, fp: str) -> list[tuple[PlannedFile, str, Written]]:
+    def _submit(self, fn: Callable[..., Any], *args: Any, finish: Callable[[Any], Finished]) -> Finished:
         if self.pool is None:
             import multiprocessing
 
             # spawn: a forked child could inherit a lock held by another thread (the CLI's progress display).
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        size = pf.size or image_target(pf.src, None)
-        job = self.pool.submit(_convert_job, str(pf.src), f"{out}/{pf.rel}", pf.role, tuple(size), pf.mode)
-        self.pending[job] = (pf, fp)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_leave_ctrl_c_to_the_parent)
+        self.pending[self.pool.submit(fn, *args)] = finish
         return self.collect(block=len(self.pending) >= 4 * self.workers)
 
-    def collect(self, *, block: bool = False, everything: bool = False) -> list[tuple[PlannedFile, str, Written]]:
-        if not self.pending:
+    def convert(self, pf: PlannedFile, out: Path, fp: str) -> Finished:
+        """Convert ``pf`` in a worker; returns the jobs finished meanwhile."""
+        size = pf.size or image_target(pf.src, None)
+        return self._submit(_convert_job, str(pf.src), f"{out}/{pf.rel}", pf.role, tuple(size), pf.mode,
+                            finish=lambda written: [(pf, fp, written)])
+
+    def place(self, pf: PlannedFile, out: Path, fp: str, link: str, size: int, sha256: str) -> Finished:
+        """Place ``pf`` as it is in a worker, with the next files (its source: ``size`` bytes, ``sha256``)."""
+        self.batch.append((pf, fp, sha256))
+        self.batch_jobs.append((str(pf.src), f"{out}/{pf.rel}", size, link))
+        return self._flush() if len(self.batch) >= BATCH_FILES else []
+
+    def _flush(self) -> Finished:
+        if not self.batch:
             return []
+        items, jobs = self.batch, self.batch_jobs
+        self.batch, self.batch_jobs = [], []
+
+        def finish(results: list[tuple[str, int]]) -> Finished:
+            return [(pf, fp, Written(placed, nbytes, sha256))
+                    for (pf, fp, sha256), (placed, nbytes) in zip(items, results, strict=True)]
+
+        return self._submit(_place_batch, jobs, finish=finish)
+
+    def collect(self, *, block: bool = False, everything: bool = False) -> Finished:
+        """The files of the jobs finished by now (waiting for one with ``block``; for all, the last batch
+        included, with ``everything``)."""
+        finished = self._flush() if everything else []
+        if not self.pending:
+            return finished
         if everything:
-            done = set(wait(list(self.pending)).done)
+            done = wait(list(self.pending)).done
         elif block:
-            done = set(wait(list(self.pending), return_when=FIRST_COMPLETED).done)
+            done = wait(list(self.pending), return_when=FIRST_COMPLETED).done
         else:
             done = {job for job in self.pending if job.done()}
-        finished = []
         for job in done:
-            pf, fp = self.pending.pop(job)
-            finished.append((pf, fp, job.result()))
+            if job.exception() is not None:
+                # Nothing popped: abort() still finds the jobs that did finish, and their files get journaled.
+                raise job.exception()
+        for job in done:
+            finished += self.pending.pop(job)(job.result())
         return finished
 
-    def abort(self) -> list[tuple[PlannedFile, str, Written]]:
-        """Stop: cancel what has not started, keep what finished (their files are complete)."""
+    def abort(self) -> Finished:
+        """Stop: cancel what has not started, keep what finished (their files are complete). Files of the
+        batch not yet sent were never placed."""
+        self.batch, self.batch_jobs = [], []
         if self.pool is None:
             return []
         self.pool.shutdown(wait=True, cancel_futures=True)
         finished = []
-        for job, (pf, fp) in list(self.pending.items()):
+        for job, finish in self.pending.items():
             if job.done() and not job.cancelled() and job.exception() is None:
-                finished.append((pf, fp, job.result()))
+                finished += finish(job.result())
         self.pending.clear()
         return finished
 

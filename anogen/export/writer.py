@@ -2,9 +2,10 @@
 
 Each source is read once: its bytes are hashed (the fingerprint of every output file, and the ``sha256`` of the
 export manifest), probed (:mod:`anogen.export.probe`) and, when they already are what the export would write,
-written as they are (or hard/sym-linked); only the others are converted, in worker processes when there are many.
-Every file goes to a temp name and is renamed into place, so a killed export never leaves a half-written file at a
-final path. A journal in the export root (``.anogen-export.journal.jsonl``, first line: the format) lists the files
+written as they are (or hard/sym-linked); only the others are converted. When many files are left, worker
+processes copy and convert them while this process reads, hashes and records the next. Every file goes
+to a temp name and is renamed into place, so a killed export never leaves a half-written file at a final path.
+A journal in the export root (``.anogen-export.journal.jsonl``, first line: the format) lists the files
 written, appended every :data:`CHECKPOINT_FILES` files; a rerun keeps the journaled files whose sha256 still
 matches and redoes the rest.
 
@@ -39,9 +40,9 @@ from anogen.export.items import Provenance
 from anogen.export.notice import NOTICE_FILE, dataset_licence, notice_text
 from anogen.export.placing import (
     JOURNAL,
-    Converter,
     Journal,
     Sources,
+    Workers,
     Writeback,
     Written,
     worker_count,
@@ -265,7 +266,7 @@ def run_plan(
     rows: dict[str, dict[str, Any]] = {}
     writeback = Writeback(out)
     journal = Journal(out, plan.format, fresh=config.force, on_checkpoint=writeback.start)
-    converter = Converter(worker_count(config))
+    workers = Workers(worker_count(config))
     made_dirs: set[str] = set()
 
     def record_written(pf: PlannedFile, fp: str, result: Written) -> None:
@@ -294,25 +295,29 @@ def run_plan(
                 if parent not in made_dirs:
                     os.makedirs(parent, exist_ok=True)
                     made_dirs.add(parent)
-                needs_conversion = not linkable(facts, pf.role, pf.size, pf.mode)
-                if needs_conversion and converter.wants_pool(total - index):
-                    for item in converter.submit(pf, out, fp):
+                size = sources.stats[src].st_size
+                as_is = linkable(facts, pf.role, pf.size, pf.mode)
+                # A link costs less than sending it to a worker (measured: bench/export.py): links stay here.
+                if not workers.wants_pool(total - index) or (as_is and config.link != "copy"):
+                    record_written(pf, fp, write_planned(pf, out, config.link, data=data, facts=facts, size=size))
+                elif as_is:
+                    for item in workers.place(pf, out, fp, config.link, size, facts.sha256):
                         record_written(*item)
                 else:
-                    record_written(pf, fp, write_planned(pf, out, config.link, data=data, facts=facts,
-                                                         size=sources.stats[src].st_size))
+                    for item in workers.convert(pf, out, fp):
+                        record_written(*item)
             if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == total:
-                for item in converter.collect():
+                for item in workers.collect():
                     record_written(*item)
                 report(progress, f"export {plan.format}", index + 1, total)
-        for item in converter.collect(everything=True):
+        for item in workers.collect(everything=True):
             record_written(*item)
     except BaseException:
-        for item in converter.abort():
+        for item in workers.abort():
             record_written(*item)
         journal.close()
         raise
-    converter.close()
+    workers.close()
 
     generated = [*plan.generated, GeneratedFile(NOTICE_FILE, lambda: notice_text(plan.categories, plan.format).encode(),
                                                 role="notice")]

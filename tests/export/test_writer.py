@@ -273,6 +273,64 @@ def test_conversions_in_worker_processes_write_the_same_tree(tmp_path: Path, mon
     assert placed.count("converted") >= placing.POOL_MIN_FILES
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name != "export.json"}
+
+
+@pytest.mark.parametrize("link", ["copy", "hardlink"])
+def test_files_placed_by_worker_processes_make_the_same_tree(tmp_path: Path, link: str) -> None:
+    """Above POOL_MIN_FILES, files that need no conversion are copied in worker processes, in batches (links
+    are made inline): the tree, the manifest and the way each file was placed are those of the inline path."""
+    data = make_mvtec(tmp_path / "data", defects={"crack": 2}, size=32)
+    synth = tmp_path / "synth"
+    make_synth(synth, defect="crack", attempts=placing.POOL_MIN_FILES // 2 + placing.BATCH_FILES + 8, rejected=())
+    trees = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        result = export([synth], ExportConfig(format="mvtec", out=out, data=data, workers=workers, link=link))
+        assert result.written == len(list(out.rglob("*.png")))
+        trees[workers] = _files(out)
+    assert trees[1] == trees[2]
+    placed = {json.loads(line).get("placed") for line in (tmp_path / "w2" / "export_manifest.jsonl").open()}
+    assert placed == {link, None}  # None: the generated files (notice)
+    if link == "hardlink":
+        image = next((tmp_path / "w2").rglob("*.png"))
+        assert image.stat().st_nlink == 3  # the source, and its links in w1 and w2
+
+
+def test_interrupted_while_workers_place_files_resumes_to_the_same_tree(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C with batches in flight: what the workers finished is journaled (the rerun reuses it), nothing half
+    written is left at a final path, and the rerun gives the uninterrupted tree."""
+    data = make_mvtec(tmp_path / "data", defects={"crack": 2}, size=32)
+    synth = tmp_path / "synth"
+    make_synth(synth, defect="crack", attempts=3 * placing.POOL_MIN_FILES, rejected=())
+    config = {"format": "mvtec", "data": data, "workers": 2}
+    export([synth], ExportConfig(out=tmp_path / "clean", **config))
+    events = {"n": 0}
+    real_report = writer.report
+
+    def interrupt_later(progress, stage, done, total):
+        events["n"] += 1
+        if events["n"] == 3:  # several batches sent by now
+            raise KeyboardInterrupt
+        real_report(progress, stage, done, total)
+
+    monkeypatch.setattr(writer, "report", interrupt_later)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        export([synth], ExportConfig(out=out, **config))
+    monkeypatch.setattr(writer, "report", real_report)
+    assert writer.dir_state(out) == "partial" and not (out / "export.json").exists()
+    journaled = [json.loads(line) for line in (out / writer.JOURNAL).read_text().splitlines()[1:]]
+    assert journaled and all((out / row["rel"]).stat().st_size == row["bytes"] for row in journaled)
+    assert not [p for p in out.rglob(".*.tmp")]
+    result = export([synth], ExportConfig(out=out, **config))
+    assert result.status == "resumed" and result.reused >= len(journaled)
+    assert _files(out) == _files(tmp_path / "clean")
+
+
 # ------------------------------------------------------------------------------------------ manifest lines
 
 
