@@ -344,7 +344,8 @@ def section(part: dict[str, Any]) -> list[str]:
     busy_machine = (" **The load average was above the core count: other jobs' load swung single figures by "
                     "2-5x between minutes, so compare settings within a row, and read a verdict from one such run "
                     "as an indication, not a proof.**" if load > (part.get("cores") or 1) else "")
-    shared = ("The machine was shared with other work, so *alone* is not quite alone; on a quiet machine rerun "
+    shared = ("The 1-minute load average before it was above 1 (other work, or a part of the bench that ran just "
+              "before, still counts in it), so *alone* may not be quite alone; on a quiet machine rerun "
               "`python -m bench --parts threads` (about 35 minutes on 2 cores)." if load > 1.0 else
               "The machine was quiet (nothing else running), so *alone* is alone.")
     lines = ["## CPU threads on a shared machine", "",
