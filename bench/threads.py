@@ -171,6 +171,13 @@ def parse_load(load: int | str) -> tuple[int, str]:
     return int(count), kind
 
 
+def load_key(load: int | str) -> str:
+    """The key a load's results are stored under: ``"2"`` for torch's neighbours (``2``, ``"2:torch"``),
+    ``"2:single"`` for the others."""
+    count, kind = parse_load(load)
+    return str(count) if kind == "torch" else f"{count}:{kind}"
+
+
 def _start_busy(load: int | str, seconds: float) -> list[subprocess.Popen]:
     count, kind = parse_load(load)
     procs = []
@@ -266,7 +273,7 @@ def run(quick: bool, work: Path | None = None, **overrides: Any) -> dict[str, An
                     got = _measure(workload, mode, load, config)
                     print(f"bench.threads: {workload}, {load} busy, {mode}: {got.get('median_s', got.get('error'))}",
                           file=sys.stderr, flush=True)
-                    slot = results["timings"].setdefault(workload, {}).setdefault(str(load), {})
+                    slot = results["timings"].setdefault(workload, {}).setdefault(load_key(load), {})
                     slot.setdefault(mode, []).append(got)
     for per_load in results["timings"].values():
         for per_mode in per_load.values():
@@ -373,7 +380,7 @@ def section(part: dict[str, Any]) -> list[str]:
               "| --- | --- | " + " | ".join("---" for _ in part["settings"]["modes"]) + " |"]
     ratios = slowdowns(part)
     for workload, per_load in part.get("timings", {}).items():
-        for load, per_mode in sorted(per_load.items()):
+        for load, per_mode in sorted(per_load.items(), key=lambda item: parse_load(item[0])):
             cells = []
             for mode in part["settings"]["modes"]:
                 block = per_mode.get(mode) or {}
@@ -408,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the raw results here (JSON)")
     parser.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} or spin-N")
     parser.add_argument("--loads", default=None, help="comma-separated busy-neighbour counts, each N or N:KIND "
-                        f"(KIND one of {', '.join(NEIGHBOURS)}; default 0,1,2 of torch's)")
+                        f"(KIND one of {', '.join(NEIGHBOURS)}; default 0,1,2,2:single,2:anogen for the fit step, "
+                        "0,1,2 for synth)")
     parser.add_argument("--workloads", default=None, help="comma-separated subset of fit,synth")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of every setting (default 2)")
     parser.add_argument("--no-accelerate", action="store_true", help="skip the two-process fitting")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.threads import _fit_steps, clean_env, goals, mode_env, parse_load, section, slowdowns
+from bench.threads import _fit_steps, clean_env, goals, load_key, mode_env, parse_load, section, slowdowns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,7 @@ def test_loads_name_their_neighbours():
     assert parse_load("2:single") == (2, "single") and parse_load("1:anogen") == (1, "anogen")
     with pytest.raises(ValueError, match="unknown neighbour kind"):
         parse_load("2:quiet")
+    assert load_key("2:torch") == load_key(2) == "2" and load_key("2:single") == "2:single"
 
 
 def test_missing_figures_give_no_verdict():

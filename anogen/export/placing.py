@@ -302,7 +302,7 @@ def _leave_ctrl_c_to_the_parent() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-# One finished job of Workers: the files it put in place.
+# What Workers hands back: each file now at its final path, with its fingerprint and how it was written.
 Finished = list[tuple[PlannedFile, str, Written]]
 
 
@@ -310,8 +310,10 @@ class Workers:
     """Conversions, and copies of files placed as they are, in worker processes once enough files are left to pay
     for starting them; the calling process meanwhile reads, hashes and records the next files.
 
-    Files placed as they are go in batches of :data:`BATCH_FILES` (a copy or a link is too little work to send
-    alone). Each finished job comes back from :meth:`collect` as the files it put at their final paths.
+    Copies go in batches of :data:`BATCH_FILES` (one copy is too little work to send alone; links are cheaper
+    still, and the writer makes them itself). :meth:`collect` hands back the files of finished jobs, each at its
+    final path. A job that fails loses the results of its batch (those files are rewritten by the rerun, never
+    half-written at a final path).
     """
 
     def __init__(self, workers: int) -> None:
@@ -323,9 +325,11 @@ class Workers:
         self.batch_jobs: list[tuple[str, str, int, str]] = []
 
     def wants_pool(self, left: int) -> bool:
-        return self.pool is not None or (self.workers > 1 and left >= POOL_MIN_FILES)
+        """Whether the next file should go to a worker, with ``left`` files (this one included) still to go."""
+        return (self.pool is not None or bool(self.batch)
+                or (self.workers > 1 and left >= POOL_MIN_FILES))
 
-    def _submit(self, fn: Callable[..., Any], *args: Any, finish: Callable[[Any], Finished]) -> Finished:
+    def _submit(self, fn: Callable[..., Any], *args: Any, finish: Callable[[Any], Finished]) -> None:
         if self.pool is None:
             import multiprocessing
 
@@ -333,23 +337,31 @@ class Workers:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_leave_ctrl_c_to_the_parent)
         self.pending[self.pool.submit(fn, *args)] = finish
+
+    def _collect_if_full(self) -> Finished:
+        # A bounded queue: memory stays flat, and an error surfaces within a few jobs of where it happened.
         return self.collect(block=len(self.pending) >= 4 * self.workers)
 
     def convert(self, pf: PlannedFile, out: Path, fp: str) -> Finished:
-        """Convert ``pf`` in a worker; returns the jobs finished meanwhile."""
+        """Convert ``pf`` in a worker; returns the files finished meanwhile."""
         size = pf.size or image_target(pf.src, None)
-        return self._submit(_convert_job, str(pf.src), f"{out}/{pf.rel}", pf.role, tuple(size), pf.mode,
-                            finish=lambda written: [(pf, fp, written)])
+        self._submit(_convert_job, str(pf.src), f"{out}/{pf.rel}", pf.role, tuple(size), pf.mode,
+                     finish=lambda written: [(pf, fp, written)])
+        return self._collect_if_full()
 
     def place(self, pf: PlannedFile, out: Path, fp: str, link: str, size: int, sha256: str) -> Finished:
-        """Place ``pf`` as it is in a worker, with the next files (its source: ``size`` bytes, ``sha256``)."""
+        """Place ``pf`` as it is in a worker, with the next files (its source: ``size`` bytes, ``sha256``);
+        returns the files finished meanwhile."""
         self.batch.append((pf, fp, sha256))
         self.batch_jobs.append((str(pf.src), f"{out}/{pf.rel}", size, link))
-        return self._flush() if len(self.batch) >= BATCH_FILES else []
-
-    def _flush(self) -> Finished:
-        if not self.batch:
+        if len(self.batch) < BATCH_FILES:
             return []
+        self._flush()
+        return self._collect_if_full()
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
         items, jobs = self.batch, self.batch_jobs
         self.batch, self.batch_jobs = [], []
 
@@ -357,14 +369,19 @@ class Workers:
             return [(pf, fp, Written(placed, nbytes, sha256))
                     for (pf, fp, sha256), (placed, nbytes) in zip(items, results, strict=True)]
 
-        return self._submit(_place_batch, jobs, finish=finish)
+        self._submit(_place_batch, jobs, finish=finish)
 
     def collect(self, *, block: bool = False, everything: bool = False) -> Finished:
         """The files of the jobs finished by now (waiting for one with ``block``; for all, the last batch
-        included, with ``everything``)."""
-        finished = self._flush() if everything else []
+        included, with ``everything``).
+
+        A failed job's error is raised with nothing popped, so that :meth:`abort` still finds the jobs that did
+        finish (and their files get journaled).
+        """
+        if everything:
+            self._flush()
         if not self.pending:
-            return finished
+            return []
         if everything:
             done = wait(list(self.pending)).done
         elif block:
@@ -373,8 +390,8 @@ class Workers:
             done = {job for job in self.pending if job.done()}
         for job in done:
             if job.exception() is not None:
-                # Nothing popped: abort() still finds the jobs that did finish, and their files get journaled.
                 raise job.exception()
+        finished: Finished = []
         for job in done:
             finished += self.pending.pop(job)(job.result())
         return finished
@@ -386,7 +403,7 @@ class Workers:
         if self.pool is None:
             return []
         self.pool.shutdown(wait=True, cancel_futures=True)
-        finished = []
+        finished: Finished = []
         for job, finish in self.pending.items():
             if job.done() and not job.cancelled() and job.exception() is None:
                 finished += finish(job.result())
@@ -394,6 +411,7 @@ class Workers:
         return finished
 
     def close(self) -> None:
+        """Stop the worker processes (after :meth:`collect` with ``everything``: nothing is left to wait for)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True)
 

@@ -279,24 +279,47 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("link", ["copy", "hardlink"])
-def test_files_placed_by_worker_processes_make_the_same_tree(tmp_path: Path, link: str) -> None:
-    """Above POOL_MIN_FILES, files that need no conversion are copied in worker processes, in batches (links
-    are made inline): the tree, the manifest and the way each file was placed are those of the inline path."""
+def test_files_placed_by_worker_processes_make_the_same_tree(tmp_path: Path, link: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above POOL_MIN_FILES, copies go to worker processes in batches (links are made inline): the tree, the
+    manifest and the way each file was placed are those of the one-process path."""
+    sent: list[str] = []
+    real_place = placing.Workers.place
+
+    def spy(self, pf, *args, **kwargs):
+        sent.append(pf.rel)
+        return real_place(self, pf, *args, **kwargs)
+
+    monkeypatch.setattr(placing.Workers, "place", spy)
     data = make_mvtec(tmp_path / "data", defects={"crack": 2}, size=32)
     synth = tmp_path / "synth"
     make_synth(synth, defect="crack", attempts=placing.POOL_MIN_FILES // 2 + placing.BATCH_FILES + 8, rejected=())
     trees = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
+        sent.clear()
         result = export([synth], ExportConfig(format="mvtec", out=out, data=data, workers=workers, link=link))
         assert result.written == len(list(out.rglob("*.png")))
         trees[workers] = _files(out)
+    # With two workers every file but those below the threshold at the end went to a worker (copy), or none did.
+    assert len(sent) > placing.POOL_MIN_FILES if link == "copy" else sent == []
     assert trees[1] == trees[2]
     placed = {json.loads(line).get("placed") for line in (tmp_path / "w2" / "export_manifest.jsonl").open()}
     assert placed == {link, None}  # None: the generated files (notice)
     if link == "hardlink":
         image = next((tmp_path / "w2").rglob("*.png"))
         assert image.stat().st_nlink == 3  # the source, and its links in w1 and w2
+
+
+def test_export_workers_leave_ctrl_c_to_the_parent() -> None:
+    import signal
+
+    workers = placing.Workers(2)
+    try:
+        workers._submit(signal.getsignal, signal.SIGINT, finish=lambda handler: [handler])
+        assert workers.collect(everything=True) == [signal.SIG_IGN]
+    finally:
+        workers.close()
 
 
 def test_interrupted_while_workers_place_files_resumes_to_the_same_tree(tmp_path: Path,
@@ -326,6 +349,8 @@ def test_interrupted_while_workers_place_files_resumes_to_the_same_tree(tmp_path
     journaled = [json.loads(line) for line in (out / writer.JOURNAL).read_text().splitlines()[1:]]
     assert journaled and all((out / row["rel"]).stat().st_size == row["bytes"] for row in journaled)
     assert not [p for p in out.rglob(".*.tmp")]
+    # Every file at a final path is journaled, those the workers placed included (abort() handed them back).
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == {row["rel"] for row in journaled}
     result = export([synth], ExportConfig(out=out, **config))
     assert result.status == "resumed" and result.reused >= len(journaled)
     assert _files(out) == _files(tmp_path / "clean")
