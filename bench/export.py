@@ -176,8 +176,7 @@ def _run(samples: int, repeats: int, work: Path, *, cli: bool) -> dict[str, Any]
         # cp's cache is never read; it gets one anyway, so that every contestant's untimed set-up is the same.
         def enter() -> None:
             outs[name] = work / "runs" / f"{name}-{next(made)}"
-            cached = cache_file(outs[name].resolve())
-            cached.unlink(missing_ok=True)
+            cached = cache_file(outs[name].resolve())  # a new folder: no cache yet
             if warm:  # a re-export elsewhere: the sources' hashes and probes known from the earlier runs
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(cache_file(reference.resolve()), cached)

@@ -204,11 +204,11 @@ def write_planned(
         return Written("copy", len(data), facts.sha256)
     if size is None:
         size = len(data) if data is not None else os.stat(src).st_size
-    placed, nbytes = place_as_is(src, dst, size, link)
+    placed, nbytes = _place_as_is(src, dst, size, link)
     return Written(placed, nbytes, facts.sha256)
 
 
-def place_as_is(src: str, dst: str, size: int, link: str) -> tuple[str, int]:
+def _place_as_is(src: str, dst: str, size: int, link: str) -> tuple[str, int]:
     """Put ``src`` at ``dst`` unchanged (``link``: copy, hardlink or symlink; a hard link that the file system
     refuses becomes a copy); returns how it was placed and the bytes at ``dst``."""
     if link == "hardlink":
@@ -226,9 +226,9 @@ def place_as_is(src: str, dst: str, size: int, link: str) -> tuple[str, int]:
     return "copy", _copy_into_place(src, dst, size)
 
 
-def _place_batch(jobs: list[tuple[str, str, int, str]]) -> list[tuple[str, int]]:
-    """:func:`place_as_is` for each ``(src, dst, size, link)``, in a worker process."""
-    return [place_as_is(*job) for job in jobs]
+def _copy_batch(jobs: list[tuple[str, str, int]]) -> list[int]:
+    """:func:`_copy_into_place` for each ``(src, dst, size)``, in a worker process: the bytes copied."""
+    return [_copy_into_place(*job) for job in jobs]
 
 
 class Writeback:
@@ -322,7 +322,7 @@ class Workers:
         # Each job's future -> what turns its result into finished files.
         self.pending: dict[Future, Callable[[Any], Finished]] = {}
         self.batch: list[tuple[PlannedFile, str, str]] = []  # (file, fingerprint, sha256) of the jobs below
-        self.batch_jobs: list[tuple[str, str, int, str]] = []
+        self.batch_jobs: list[tuple[str, str, int]] = []
 
     def wants_pool(self, left: int) -> bool:
         """Whether the next file should go to a worker, with ``left`` files (this one included) still to go."""
@@ -349,11 +349,11 @@ class Workers:
                      finish=lambda written: [(pf, fp, written)])
         return self._collect_if_full()
 
-    def place(self, pf: PlannedFile, out: Path, fp: str, link: str, size: int, sha256: str) -> Finished:
-        """Place ``pf`` as it is in a worker, with the next files (its source: ``size`` bytes, ``sha256``);
-        returns the files finished meanwhile."""
+    def copy(self, pf: PlannedFile, out: Path, fp: str, size: int, sha256: str) -> Finished:
+        """Copy ``pf``'s source as it is in a worker, with the next files (``size`` bytes, ``sha256``); returns the
+        files finished meanwhile."""
         self.batch.append((pf, fp, sha256))
-        self.batch_jobs.append((str(pf.src), f"{out}/{pf.rel}", size, link))
+        self.batch_jobs.append((str(pf.src), f"{out}/{pf.rel}", size))
         if len(self.batch) < BATCH_FILES:
             return []
         self._flush()
@@ -365,11 +365,11 @@ class Workers:
         items, jobs = self.batch, self.batch_jobs
         self.batch, self.batch_jobs = [], []
 
-        def finish(results: list[tuple[str, int]]) -> Finished:
-            return [(pf, fp, Written(placed, nbytes, sha256))
-                    for (pf, fp, sha256), (placed, nbytes) in zip(items, results, strict=True)]
+        def finish(copied: list[int]) -> Finished:
+            return [(pf, fp, Written("copy", nbytes, sha256))
+                    for (pf, fp, sha256), nbytes in zip(items, copied, strict=True)]
 
-        self._submit(_place_batch, jobs, finish=finish)
+        self._submit(_copy_batch, jobs, finish=finish)
 
     def collect(self, *, block: bool = False, everything: bool = False) -> Finished:
         """The files of the jobs finished by now (waiting for one with ``block``; for all, the last batch

@@ -301,7 +301,7 @@ def run_plan(
                 if not workers.wants_pool(total - index) or (as_is and config.link != "copy"):
                     record_written(pf, fp, write_planned(pf, out, config.link, data=data, facts=facts, size=size))
                 elif as_is:
-                    for item in workers.place(pf, out, fp, config.link, size, facts.sha256):
+                    for item in workers.copy(pf, out, fp, size, facts.sha256):
                         record_written(*item)
                 else:
                     for item in workers.convert(pf, out, fp):

@@ -284,13 +284,13 @@ def test_files_placed_by_worker_processes_make_the_same_tree(tmp_path: Path, lin
     """Above POOL_MIN_FILES, copies go to worker processes in batches (links are made inline): the tree, the
     manifest and the way each file was placed are those of the one-process path."""
     sent: list[str] = []
-    real_place = placing.Workers.place
+    real_copy = placing.Workers.copy
 
     def spy(self, pf, *args, **kwargs):
         sent.append(pf.rel)
-        return real_place(self, pf, *args, **kwargs)
+        return real_copy(self, pf, *args, **kwargs)
 
-    monkeypatch.setattr(placing.Workers, "place", spy)
+    monkeypatch.setattr(placing.Workers, "copy", spy)
     data = make_mvtec(tmp_path / "data", defects={"crack": 2}, size=32)
     synth = tmp_path / "synth"
     make_synth(synth, defect="crack", attempts=placing.POOL_MIN_FILES // 2 + placing.BATCH_FILES + 8, rejected=())
